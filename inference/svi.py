@@ -1,0 +1,222 @@
+r"""``fit()``: the one training loop for every model/guide pair.
+
+Maximises a bound on :math:`\log p(x)` (``elbo``, ``elbo-analytic`` or ``iwae``; see
+:mod:`pgm.inference.objectives`) with Adam over ``model.parameters()``, minibatches sliced
+from tensors that live on the device, optional KL warm-up (beta rising linearly to 1),
+a learning-rate schedule, gradient clipping, a validation ELBO each epoch, early stopping
+with best-weights restore, and -- given a run directory -- an atomic checkpoint each epoch
+from which ``resume=True`` continues to the same result as an uninterrupted run.
+
+The loop is written out in full below (nanoGPT style): read it to know what happens.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pgm import io
+from pgm.config import from_dict, to_dict
+from pgm.device import resolve_device
+from pgm.errors import CheckpointError, TrainingDivergedError
+
+from .objectives import make_objective, reparam_log_weights
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
+@dataclass
+class FitConfig:
+    objective: str = "elbo"  # "elbo", "elbo-analytic" or "iwae"
+    num_particles: int = 1  # samples per datapoint (K of the IWAE bound)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant", "cosine" (to 0 at the last epoch), "exponential"
+    lr_decay: float = 0.98  # per-epoch factor of the exponential schedule
+    clip_norm: float | None = 100.0  # max gradient norm; None turns clipping off
+    kl_warmup_epochs: int = 0  # beta = min(1, epoch / kl_warmup_epochs)
+    patience: int | None = 10  # stop after this many epochs without a better valid ELBO
+    seed: int = 0
+    device: str = "auto"
+    use_pyro_elbo: bool = False  # force Pyro's Trace_ELBO even where the fast path applies
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; "
+                             f"known: {', '.join(LR_SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig):
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling and dynamic binarisation depend on (seed, epoch) only, so resume repeats them."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+@torch.no_grad()
+def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
+                  batch_size: int = 1000) -> float:
+    """Mean single-sample ELBO per datapoint (nats), beta = 1, in eval mode."""
+    if len(x) == 0:
+        return math.nan
+    was_training = model.training
+    model.eval()
+    elbo = make_objective(model, "elbo") if not model.reparameterized else None
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        yb = None if y is None else y[i:i + batch_size]
+        if elbo is None:
+            total += reparam_log_weights(model, xb, yb).sum()
+        else:
+            total -= elbo(xb, yb, 1.0) * len(xb)
+    model.train(was_training)
+    return total.item() / len(x)
+
+
+def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None = None,
+        resume: bool = False, progress: bool | None = None, **overrides) -> list[dict]:
+    """Train ``model`` on ``data`` (a :class:`pgm.data.Dataset`); return the history rows.
+
+    ``fit(model, data, epochs=5, lr=3e-4)`` overrides fields of :class:`FitConfig`. With
+    ``out`` the run directory gets config, weights, checkpoint, history each epoch;
+    ``resume=True`` continues the run found there. The model ends on its best weights.
+    """
+    from pgm.data import binarize_dynamic
+
+    cfg = replace(config or FitConfig(), **overrides) if overrides else (config or FitConfig())
+    device = resolve_device(cfg.device)
+    out = Path(out) if out is not None else None
+    conditional = getattr(model, "conditional", False)
+
+    x_train, x_valid = data.x_train.to(device), data.x_valid.to(device)
+    y_train = data.y_train.to(device) if conditional else None
+    y_valid = data.y_valid.to(device) if conditional else None
+    model.check_data(x_train, "training data")
+    if len(x_valid):
+        model.check_data(x_valid, "validation data")
+    model.to(device).train()
+
+    loss_fn = make_objective(model, cfg.objective, cfg.num_particles, use_pyro=cfg.use_pyro_elbo)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = _scheduler(opt, cfg)
+    history: list[dict] = []
+    best_elbo, bad_epochs, start_epoch = -math.inf, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+
+    if out is not None and resume:
+        ckpt = io.load_checkpoint(out / io.CHECKPOINT, map_location=device)
+        saved_cfg = from_dict(FitConfig, ckpt["fit_config"])
+        if replace(saved_cfg, epochs=cfg.epochs, device=cfg.device) != cfg:
+            raise CheckpointError(f"{out} was trained with different settings; resume with the "
+                                  "same options (only --epochs and --device may change)")
+        io._load_state_dict(model, ckpt["model"], out / io.CHECKPOINT)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in ckpt:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
+        start_epoch, best_elbo, bad_epochs = ckpt["epoch"], ckpt["best_elbo"], ckpt["bad_epochs"]
+        history = io.read_history(out / io.HISTORY)[:start_epoch]
+        io.load_weights(best_model := copy.deepcopy(model), out / io.WEIGHTS)
+        best_state = copy.deepcopy(best_model.state_dict())
+    else:
+        if out is not None and (out / io.CHECKPOINT).exists():
+            raise CheckpointError(f"{out} already holds a run; pass resume=True (--resume) to "
+                                  "continue it, or choose another output directory")
+        pyro.set_rng_seed(cfg.seed)
+        if out is not None:
+            io.atomic_write_json(out / io.CONFIG, {
+                "format": io.RUN_FORMAT, "version": io.RUN_VERSION, "model": model.name,
+                "model_config": to_dict(model.config), "data": data.describe(),
+                "fit": to_dict(cfg), "device": str(device), "versions": io.versions()})
+
+    n = len(x_train)
+    if cfg.patience is not None and bad_epochs >= cfg.patience:  # resumed a run that had stopped
+        start_epoch = cfg.epochs
+    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
+               desc=f"fit {model.name}", unit="epoch",
+               disable=None if progress is None else not progress)  # None: only on a terminal
+    for epoch in bar:
+        beta = min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else 1.0
+        lr = opt.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        gen = _epoch_generator(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=gen).to(device)
+        xe = binarize_dynamic(data.x_train, gen).to(device) if data.binarize == "dynamic" \
+            else x_train
+        total = torch.zeros((), device=device)
+        for step, i in enumerate(range(0, n, cfg.batch_size)):
+            idx = perm[i:i + cfg.batch_size]
+            cause = None
+            try:
+                loss = loss_fn(xe[idx], None if y_train is None else y_train[idx], beta)
+            except ValueError as e:  # a distribution refused NaN parameters
+                if "invalid values" not in str(e):
+                    raise
+                loss, cause = torch.tensor(math.nan), e
+            if not torch.isfinite(loss):  # one sync per step: stop before NaN reaches weights
+                where = f"; the last good checkpoint is kept in {out}" if out is not None else ""
+                raise TrainingDivergedError(
+                    f"the training loss became {loss.item()} in epoch {epoch + 1}, step "
+                    f"{step + 1}{where}. Try a smaller --lr, gradient clipping, KL warm-up, "
+                    "or check the data") from cause
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            total += loss.detach() * len(idx)
+        train_elbo = -total.item() / n  # .item() synchronises, so seconds is honest on a GPU
+        seconds = time.perf_counter() - t0
+        sched.step()
+
+        t1 = time.perf_counter()
+        valid_elbo = evaluate_elbo(model, x_valid, y_valid)
+        valid_seconds = time.perf_counter() - t1
+        score = valid_elbo if len(x_valid) else train_elbo
+        if score > best_elbo:
+            best_elbo, bad_epochs = score, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        stop = cfg.patience is not None and bad_epochs >= cfg.patience
+
+        t2 = time.perf_counter()
+        row = {"epoch": epoch + 1, "train_elbo": train_elbo, "valid_elbo": valid_elbo,
+               "beta": beta, "lr": lr, "seconds": seconds, "valid_seconds": valid_seconds,
+               "checkpoint_seconds": 0.0}
+        if out is not None:
+            if bad_epochs == 0:
+                io.save_weights(model, out / io.WEIGHTS)
+            state = {"format": io.RUN_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "rng_cpu": torch.get_rng_state(), "best_elbo": best_elbo,
+                     "bad_epochs": bad_epochs, "fit_config": to_dict(cfg)}
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state(device)
+            io.save_checkpoint(state, out / io.CHECKPOINT)
+            row["checkpoint_seconds"] = time.perf_counter() - t2
+            io.write_history(out / io.HISTORY, [*history, row])
+        history.append(row)
+        bar.set_postfix(train=f"{train_elbo:.2f}", valid=f"{valid_elbo:.2f}")
+        if stop:
+            break
+    model.load_state_dict(best_state)
+    return history

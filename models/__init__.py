@@ -1,0 +1,17 @@
+"""Model families, one file each, and the registry that maps names to classes."""
+
+from pgm.errors import UnknownNameError
+
+from .vae import VAE, Autoencoder, VAEConfig
+
+MODELS = {cls.name: cls for cls in (VAE, Autoencoder)}
+
+
+def get_model_class(name: str):
+    """The model class registered as ``name``; unknown names list the known ones."""
+    if name not in MODELS:
+        raise UnknownNameError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+__all__ = ["MODELS", "VAE", "Autoencoder", "VAEConfig", "get_model_class"]

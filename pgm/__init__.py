@@ -1,0 +1,18 @@
+"""pgm: deep generative models the probabilistic-programming way, on Pyro and PyTorch.
+
+Models are Pyro model/guide pairs (:class:`pgm.protocol.LatentVariableModel`), trained by one
+SVI loop (:func:`pgm.fit`) and measured by estimators of log p(x) built on the same contract.
+"""
+
+__version__ = "0.1.0"
+
+from pgm.data import Dataset, available_datasets, load_dataset  # noqa: E402
+from pgm.inference.svi import FitConfig, fit  # noqa: E402
+from pgm.io import Run, load_run  # noqa: E402
+from pgm.models import MODELS, VAE, Autoencoder, VAEConfig  # noqa: E402
+from pgm.protocol import LatentVariableModel  # noqa: E402
+
+__all__ = [
+    "MODELS", "VAE", "Autoencoder", "Dataset", "FitConfig", "LatentVariableModel", "Run",
+    "VAEConfig", "available_datasets", "fit", "load_dataset", "load_run",
+]

@@ -1,0 +1,184 @@
+"""The ``pgm`` command: train, sample, list datasets. The library returns results; this prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pgm.errors import PgmError
+
+TRAINABLE = ("vae", "ae")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model and write a run directory")
+    t.add_argument("model", help=f"model to train: {', '.join(TRAINABLE)}")
+    t.add_argument("--data", default="mnist5k",
+                   help="dataset name (see `pgm datasets`) or a .npz/.npy file or IDX folder")
+    t.add_argument("--binarize", default=None,
+                   choices=("none", "threshold", "stochastic", "dynamic"),
+                   help="how grey pixels become {0,1} for a Bernoulli likelihood "
+                        "(default: stochastic for images, none otherwise)")
+    t.add_argument("--latent-dim", type=int, default=2, help="dimension of z (default 2)")
+    t.add_argument("--hidden", type=_ints, default=(400,),
+                   help="hidden layer sizes of the MLPs, comma-separated (default 400)")
+    t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    t.add_argument("--arch", default="mlp", choices=("mlp", "conv"),
+                   help="encoder/decoder architecture (conv: images with sides divisible by 4)")
+    t.add_argument("--likelihood", default=None,
+                   choices=("bernoulli", "gaussian", "gaussian-learned"),
+                   help="p(x|z) (default: bernoulli for images, gaussian-learned otherwise)")
+    t.add_argument("--likelihood-scale", type=float, default=0.1,
+                   help="fixed scale of 'gaussian', minimum scale of 'gaussian-learned'")
+    t.add_argument("--objective", default="elbo", choices=("elbo", "elbo-analytic", "iwae"),
+                   help="training bound (default elbo)")
+    t.add_argument("--particles", type=int, default=1,
+                   help="samples per datapoint (K of the iwae bound; default 1)")
+    t.add_argument("--epochs", type=int, default=30, help="number of epochs (default 30)")
+    t.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--lr-schedule", default="constant",
+                   choices=("constant", "cosine", "exponential"),
+                   help="learning-rate schedule over epochs (default constant)")
+    t.add_argument("--clip-norm", type=float, default=100.0,
+                   help="max gradient norm; 0 turns clipping off (default 100)")
+    t.add_argument("--kl-warmup", type=int, default=0,
+                   help="epochs over which the KL weight rises linearly to 1 (default 0)")
+    t.add_argument("--patience", type=int, default=10,
+                   help="early stopping: epochs without a better valid ELBO; 0 = off")
+    t.add_argument("--seed", type=int, default=0, help="random seed (split, init, noise)")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    t.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved settings")
+    t.add_argument("--no-ae-baseline", action="store_true",
+                   help="vae only: skip the autoencoder trained beside it for the "
+                        "interpolation figure")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run", help="run directory")
+    s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--out", default=None,
+                   help="PNG path (default RUN/figures/samples-N.png); an .npy beside it")
+
+    sub.add_parser("datasets", help="list the built-in datasets and accepted files")
+    return p
+
+
+def _train(args) -> int:
+    import pyro
+
+    from pgm import io
+    from pgm.config import from_dict
+    from pgm.data import load_dataset
+    from pgm.inference.svi import FitConfig, fit
+    from pgm.models import get_model_class
+    from pgm.training_figures import write_training_figures
+
+    if args.model not in TRAINABLE:
+        raise PgmError(f"unknown model {args.model!r}; trainable: {', '.join(TRAINABLE)}")
+    data_name = Path(args.data).stem if Path(args.data).exists() else args.data
+    out = Path(args.out or f"runs/{args.model}-{data_name}")
+    progress = False if args.no_progress else None
+    if args.resume:
+        saved = io.read_config(out)
+        d = saved["data"]
+        data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
+                            valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
+        model = io.build_model(saved)
+        cfg = from_dict(FitConfig, {**saved["fit"], "epochs": args.epochs, "device": args.device})
+    else:
+        pyro.set_rng_seed(args.seed)
+        data = load_dataset(args.data, binarize=args.binarize, seed=args.seed)
+        cls = get_model_class(args.model)
+        likelihood = args.likelihood or (
+            "bernoulli" if data.image_shape is not None else "gaussian-learned")
+        model = cls(cls.Config(
+            data_dim=data.data_dim, latent_dim=args.latent_dim, hidden=args.hidden,
+            activation=args.activation, arch=args.arch, image_shape=data.image_shape,
+            likelihood=likelihood, likelihood_scale=args.likelihood_scale))
+        cfg = FitConfig(objective=args.objective, num_particles=args.particles,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        lr_schedule=args.lr_schedule, clip_norm=args.clip_norm or None,
+                        kl_warmup_epochs=args.kl_warmup, patience=args.patience or None,
+                        seed=args.seed, device=args.device)
+    history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress)
+    baseline = None
+    if args.model == "vae" and not args.no_ae_baseline and data.image_shape is not None:
+        ae_out = out / "ae-baseline"
+        pyro.set_rng_seed(cfg.seed)
+        baseline = get_model_class("ae")(model.config)
+        fit(baseline, data, cfg, out=ae_out, progress=progress,
+            resume=args.resume and (ae_out / io.CHECKPOINT).exists())
+    figures = write_training_figures(out, model, data, history, baseline=baseline)
+    best = max(history, key=lambda r: r["valid_elbo"]) if history else None
+    if best is not None:
+        print(f"best valid ELBO {best['valid_elbo']:.3f} nats at epoch {best['epoch']} "
+              f"({sum(r['seconds'] for r in history):.1f} s of training)")
+    print(f"run directory: {out}  ({len(figures)} figures in {out / 'figures'})")
+    return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+    import pyro
+
+    from pgm import io, plots
+
+    run = io.load_run(args.run)
+    if args.n < 1:
+        raise PgmError(f"-n must be positive, got {args.n}")
+    pyro.set_rng_seed(args.seed)
+    x = run.model.sample(args.n)
+    out = Path(args.out or Path(args.run) / "figures" / f"samples-{args.n}.png")
+    shape = run.config["data"].get("image_shape")
+    plots.save_figure(plots.samples(x, tuple(shape) if shape else None), out)
+    buf = __import__("io").BytesIO()
+    np.save(buf, x.numpy())
+    io.atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
+    print(f"wrote {out} and {out.with_suffix('.npy')}")
+    return 0
+
+
+def _datasets(args) -> int:
+    from pgm.data import available_datasets
+
+    for name, text in available_datasets().items():
+        print(f"{name:12s} {text}")
+    print("\nFiles: a .npz (arrays x, optional y) or .npy file, or a folder of MNIST IDX files.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"train": _train, "sample": _sample, "datasets": _datasets}[args.command]
+    try:
+        return handler(args)
+    except (PgmError, ValueError, RuntimeError) as e:
+        print(f"pgm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

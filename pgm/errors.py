@@ -1,0 +1,24 @@
+"""Errors pgm raises for problems a user can fix. Each names the problem in plain words."""
+
+
+class PgmError(Exception):
+    """Base class of pgm's own errors."""
+
+
+class DataError(PgmError, ValueError):
+    """Input data of the wrong shape, with NaN/inf, or outside the likelihood's support."""
+
+
+class UnknownNameError(PgmError, KeyError):
+    """An unknown dataset, model, likelihood or objective; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(PgmError, RuntimeError):
+    """A run directory or checkpoint that is missing, truncated, corrupt or foreign."""
+
+
+class TrainingDivergedError(PgmError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,195 @@
+"""Run directories: what a training run leaves on disk and how it comes back.
+
+::
+
+    RUN/
+      config.json          model name + config, dataset, split, binarisation, fit settings, versions
+      model.safetensors    the best weights (by validation ELBO): what load_run() loads
+      checkpoint.pt        everything to resume: last weights, optimizer, scheduler, RNG, counters
+      history.csv          one row per epoch: epoch, train_elbo, valid_elbo, beta, lr, seconds, ...
+      figures/*.png
+
+Every file is written atomically (a temporary file in the same folder, then ``os.replace``),
+so an interrupted run never leaves a half-written file where a good one was. Loading never
+unpickles arbitrary objects: safetensors for weights, ``torch.load(weights_only=True)`` for
+the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import CheckpointError
+
+RUN_FORMAT = "pgm-run"
+RUN_VERSION = 1
+CONFIG, WEIGHTS, CHECKPOINT, HISTORY = (
+    "config.json", "model.safetensors", "checkpoint.pt", "history.csv")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    import numpy
+    import pyro
+
+    from . import __version__
+
+    return {"pgm": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "pyro": pyro.__version__, "numpy": numpy.__version__}
+
+
+# ---- weights and checkpoints -----------------------------------------------------------------
+def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, st_save(state, metadata={"format": RUN_FORMAT}))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into ``model`` (on its device); clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    try:
+        state = st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file "
+                              f"(truncated or corrupt?): {e}") from None
+    _load_state_dict(model, state, path)
+
+
+def _load_state_dict(model, state, path) -> None:
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not match the model {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
+        )
+    device = next(iter(own.values())).device if own else torch.device("cpu")
+    model.load_state_dict({k: v.to(device) for k, v in state.items()})
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; clear errors for bad or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; nothing to resume")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/corrupt/foreign pickles
+        raise CheckpointError(f"{path} is not a readable pgm checkpoint "
+                              f"(truncated, corrupt or foreign): {type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{path} is not a pgm checkpoint")
+    return state
+
+
+# ---- history and config ----------------------------------------------------------------------
+def write_history(path: str | Path, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """history.csv as a list of dicts with numbers parsed (epoch as int)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
+
+
+def read_config(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a pgm run directory (no {CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{path} is not a pgm run config (format != {RUN_FORMAT!r})")
+    if config.get("version", 0) > RUN_VERSION:
+        raise CheckpointError(f"{path} was written by a newer pgm (run format "
+                              f"{config['version']} > {RUN_VERSION}); upgrade pgm")
+    return config
+
+
+@dataclass
+class Run:
+    """A loaded run: the rebuilt model (eval mode, best weights) and what the run recorded."""
+
+    path: Path
+    model: torch.nn.Module
+    config: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def build_model(config: dict) -> torch.nn.Module:
+    """The model a run config describes, freshly initialised."""
+    from pgm.config import from_dict
+    from pgm.models import get_model_class
+
+    cls = get_model_class(config["model"])
+    return cls(from_dict(cls.Config, config["model_config"], what=f"{cls.name} config"))
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of the run at ``path`` from its config and load its best weights.
+
+    A run trained on a GPU loads on a CPU (``device="cpu"``, the default).
+    """
+    path = Path(path)
+    config = read_config(path)
+    model = build_model(config).to(device)
+    load_weights(model, path / WEIGHTS)
+    model.eval()
+    history = read_history(path / HISTORY) if (path / HISTORY).is_file() else []
+    return Run(path=path, model=model, config=config, history=history)

@@ -7,6 +7,8 @@ r"""Training objectives: callables ``loss(x, y, beta) -> scalar``, the negative 
   step. tests/test_objectives.py proves value and gradient equal to Trace_ELBO's for the
   same noise.
 - ``elbo-analytic``: :class:`~pyro.infer.TraceMeanField_ELBO`, the closed-form KL.
+- models that enumerate a discrete latent (``model.enumerated``, the GMM) train ``elbo``
+  with :class:`~pyro.infer.TraceEnum_ELBO`.
 - ``iwae``: the importance-weighted bound :math:`\log \frac1K \sum_k w_k` of Burda et al.
   (2015), which is :class:`~pyro.infer.RenyiELBO` with ``alpha=0``; computed from the plain
   distributions with K vectorized particles (equal to RenyiELBO's value and gradient,
@@ -22,7 +24,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from pgm.errors import UnknownNameError
@@ -51,7 +53,7 @@ def reparam_log_weights(model, x, y=None, num_particles: int = 1, beta: float = 
     q = model.encode(x, y)
     z = q.rsample((num_particles,))  # (K, B, L)
     log_px_z = model.decode(z, y).log_prob(x)  # (K, B)
-    return log_px_z + beta * (model.prior(x.shape[0]).log_prob(z) - q.log_prob(z))
+    return log_px_z + beta * (model.prior(x.shape[0], y).log_prob(z) - q.log_prob(z))
 
 
 def make_objective(model, objective: str = "elbo", num_particles: int = 1, *,
@@ -76,7 +78,13 @@ def make_objective(model, objective: str = "elbo", num_particles: int = 1, *,
             return -reparam_log_weights(model, x, y, num_particles, beta).mean()
 
         return elbo_loss
-    elbo_cls = Trace_ELBO if objective == "elbo" else TraceMeanField_ELBO
+    if model.enumerated:
+        if objective != "elbo":
+            raise ValueError(f"{type(model).__name__} enumerates its discrete latent; "
+                             "train it with objective='elbo' (TraceEnum_ELBO)")
+        elbo_cls = TraceEnum_ELBO
+    else:
+        elbo_cls = Trace_ELBO if objective == "elbo" else TraceMeanField_ELBO
     module = elbo_cls(num_particles=num_particles, vectorize_particles=num_particles > 1,
                       max_plate_nesting=1)(model.model, model.guide)
     anneal = ScaleLatents(1.0)

@@ -141,6 +141,7 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
             raise CheckpointError(f"{out} already holds a run; pass resume=True (--resume) to "
                                   "continue it, or choose another output directory")
         pyro.set_rng_seed(cfg.seed)
+        model.initialize(x_train, y_train)
         if out is not None:
             io.atomic_write_json(out / io.CONFIG, {
                 "format": io.RUN_FORMAT, "version": io.RUN_VERSION, "model": model.name,

@@ -2,9 +2,10 @@
 
 from pgm.errors import UnknownNameError
 
+from .linear_gaussian import LinearGaussian, LinearGaussianConfig
 from .vae import VAE, Autoencoder, VAEConfig
 
-MODELS = {cls.name: cls for cls in (VAE, Autoencoder)}
+MODELS = {cls.name: cls for cls in (VAE, Autoencoder, LinearGaussian)}
 
 
 def get_model_class(name: str):
@@ -14,4 +15,7 @@ def get_model_class(name: str):
     return MODELS[name]
 
 
-__all__ = ["MODELS", "VAE", "Autoencoder", "VAEConfig", "get_model_class"]
+__all__ = [
+    "MODELS", "VAE", "Autoencoder", "LinearGaussian", "LinearGaussianConfig", "VAEConfig",
+    "get_model_class",
+]

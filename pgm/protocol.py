@@ -6,7 +6,7 @@ A :class:`LatentVariableModel` is a :class:`torch.nn.Module` with
   ``pyro.plate("data", len(x))``, a latent site ``"z"`` and an observed site ``"x"``;
 - ``guide(x, y=None)``: the amortized posterior :math:`q(z|x)` with the same plate and the
   same latent site;
-- ``prior(n)``, ``encode(x, y)``, ``decode(z, y)``: the plain torch distributions that
+- ``prior(n, y)``, ``encode(x, y)``, ``decode(z, y)``: the plain torch distributions that
   ``model`` and ``guide`` are built from (batch shape ``(..., n)``, event shape ``(L,)`` or
   ``(D,)``), for plots and for fast paths that skip Pyro's tracing.
 
@@ -35,6 +35,11 @@ class LatentVariableModel(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: True for models that use the label y (the CVAE): fit() and the estimators pass it.
+    conditional: ClassVar[bool] = False
+    #: True when the latent is discrete and enumerated in the model (the GMM): training and
+    #: validation use TraceEnum_ELBO, whose loss is then -log p(x) exactly.
+    enumerated: ClassVar[bool] = False
     #: True when encode(x).rsample() is differentiable, so the ELBO has a reparameterized
     #: fast path (proven equal to Trace_ELBO in tests/test_objectives.py).
     reparameterized: ClassVar[bool] = True
@@ -47,7 +52,7 @@ class LatentVariableModel(nn.Module):
         self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
 
     # ---- plain distributions -------------------------------------------------------------
-    def prior(self, n: int) -> dist.Distribution:
+    def prior(self, n: int, y: torch.Tensor | None = None) -> dist.Distribution:
         """p(z) = N(0, I) with batch shape (n,) and event shape (L,)."""
         return dist.Normal(self.prior_loc.expand(n, -1), self.prior_scale.expand(n, -1)).to_event(1)
 
@@ -60,7 +65,7 @@ class LatentVariableModel(nn.Module):
     # ---- Pyro programs -------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x.shape[0]))
+            z = pyro.sample("z", self.prior(x.shape[0], y))
             pyro.sample("x", self.decode(z, y), obs=x)
         return z
 
@@ -68,11 +73,14 @@ class LatentVariableModel(nn.Module):
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("z", self.encode(x, y))
 
+    def initialize(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Data-dependent initialisation, called by fit() before a new run (e.g. k-means++)."""
+
     # ---- conveniences --------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, *, mean: bool = True) -> torch.Tensor:
         """n draws x ~ p(x) (the decoder's mean of p(x|z) when ``mean``), shape (n, D)."""
-        z = self.prior(n).sample()
+        z = self.prior(n, y).sample()
         px = self.decode(z, y)
         return px.mean if mean else px.sample()
 

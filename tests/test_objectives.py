@@ -3,11 +3,11 @@
 import pyro
 import pytest
 import torch
-from pgm.inference.objectives import ScaleLatents, make_objective
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from pgm import VAE, Autoencoder
 from pgm.errors import UnknownNameError
+from pgm.inference.objectives import ScaleLatents, make_objective
 
 
 def _grads(loss, model):

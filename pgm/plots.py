@@ -9,9 +9,9 @@ objects rendered with the Agg canvas; write them with :func:`save_figure`.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 from pgm.errors import DataError
 
 __all__ = [
+    "bounds_vs_k",
     "elbo_curves",
+    "gap_histogram",
     "image_grid",
     "interpolations",
     "latent_scatter",
@@ -128,24 +130,19 @@ def _suptitle(fig: Figure, title) -> None:
 
 
 def save_figure(fig: Figure, path, *, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (temp file + os.replace); close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``fig`` as a PNG at ``path`` atomically (see :func:`pgm.io.atomic_write_bytes`)."""
+    from pgm.io import atomic_write_bytes
+
+    buf = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05,
-                        facecolor="white")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05,
+                    facecolor="white")
     finally:
         if getattr(fig.canvas, "manager", None) is not None:  # created through pyplot
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- images
@@ -445,4 +442,50 @@ def _point_interpolations(items: Iterable[tuple[str, object]], title) -> Figure:
     ax.set_ylabel("$x_2$")
     ax.set_aspect("equal", adjustable="datalim")
     _suptitle(fig, title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def bounds_vs_k(ks, means, ses, *, lines: Mapping[str, tuple[float, float]] | None = None,
+                n: int | None = None, title=None) -> Figure:
+    """IWAE_K (mean +- SE per datapoint) against K on a log axis, with horizontal reference
+    lines (e.g. AIS, exact) given as ``{label: (mean, se)}``, bands of +-1 SE."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    ax.errorbar(ks, means, yerr=ses, marker="o", capsize=3, color=_C0, label="IWAE$_K$")
+    colors = ["tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for (label, (m, se)), c in zip((lines or {}).items(), colors):
+        ax.axhline(m, color=c, lw=1.5, ls="--", label=f"{label}: {m:.2f} ± {se:.2f}")
+        if se == se:  # not NaN
+            ax.axhspan(m - se, m + se, color=c, alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples)")
+    ax.set_ylabel("log p(x) estimate (nats / datapoint)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    suffix = f" (same {n} datapoints)" if n else ""
+    ax.set_title((title or "bounds on log p(x) against K") + suffix, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def gap_histogram(gaps: Mapping[str, object], *, title=None) -> Figure:
+    """Histograms of per-datapoint gaps in nats, e.g. ``{"log p(x) - ELBO": tensor (N,)}``."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    arrays = {k: _np(v) for k, v in gaps.items()}
+    lo = min(a.min() for a in arrays.values())
+    hi = max(a.max() for a in arrays.values())
+    bins = np.linspace(min(lo, 0.0), hi if hi > lo else lo + 1, 40)
+    for (label, a), c in zip(arrays.items(), [_C0, _C1, "tab:green", "tab:red"]):
+        ax.hist(a, bins=bins, alpha=0.55, color=c,
+                label=f"{label}: mean {a.mean():.2f}, median {np.median(a):.2f}")
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_xlabel("gap (nats)")
+    ax.set_ylabel("datapoints")
+    ax.legend(fontsize=9)
+    ax.set_title(title or "per-datapoint gaps", fontsize=11)
+    fig.tight_layout()
     return fig

@@ -1,0 +1,262 @@
+"""Schedules, HMC invariance, AIS and BDMC on the linear-Gaussian model.
+
+Tolerances are standard errors: of a sample mean (1/sqrt(N)), of a sample variance
+(sqrt(2/N)) or covariance, or of the mean of paired per-datapoint differences.
+"""
+
+import math
+
+import pytest
+import torch
+
+from pgm.inference.ais import ais, bdmc_upper
+from pgm.inference.exact import (
+    linear_gaussian_callables,
+    linear_gaussian_log_marginal,
+    linear_gaussian_sample,
+)
+from pgm.inference.hmc import HMCState, adapt_step_size, hmc_init, hmc_step, value_and_grad
+from pgm.inference.schedules import check_schedule, linear_schedule, sigmoid_schedule
+
+F64 = torch.float64
+
+
+def linear_gaussian(L: int = 2, D: int = 5, B: int = 20, seed: int = 0, sigma: float = 0.5):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(D, L, generator=g, dtype=F64)
+    b = torch.randn(D, generator=g, dtype=F64)
+    x, z = linear_gaussian_sample(W, b, sigma, B, generator=g)
+    return W, b, sigma, x, z
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    d = a - b
+    return d.mean().item(), (d.std() / math.sqrt(d.numel())).item()
+
+
+# ------------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("make", [linear_schedule, sigmoid_schedule])
+def test_schedules_are_monotone_from_0_to_1(make):
+    betas = make(100)
+    assert betas.shape == (101,) and betas.dtype == F64
+    assert betas[0].item() == 0.0 and betas[-1].item() == 1.0
+    assert bool((betas[1:] >= betas[:-1]).all())
+    torch.testing.assert_close(check_schedule(betas), betas)
+
+
+def test_sigmoid_schedule_is_dense_at_both_ends():
+    steps = torch.diff(sigmoid_schedule(100, delta=4.0))
+    assert steps[0] < steps[50] / 10 and steps[-1] < steps[50] / 10
+    torch.testing.assert_close(steps, steps.flip(0))  # symmetric
+
+
+@pytest.mark.parametrize(
+    "betas",
+    [
+        [0.1, 0.5, 1.0],  # does not start at 0
+        [0.0, 0.5, 0.9],  # does not end at 1
+        [0.0, 0.6, 0.4, 1.0],  # not monotone
+        [[0.0, 1.0]],  # not 1-D
+        [0.0],  # too short
+        [0.0, math.nan, 1.0],  # not finite
+    ],
+)
+def test_check_schedule_rejects_bad_schedules(betas):
+    with pytest.raises(ValueError):
+        check_schedule(betas)
+
+
+def test_schedule_constructors_reject_bad_arguments():
+    with pytest.raises(ValueError):
+        linear_schedule(0)
+    with pytest.raises(ValueError):
+        sigmoid_schedule(10, delta=0.0)
+
+
+# ------------------------------------------------------------------------------------- HMC
+
+
+def standard_normal(z):
+    return -0.5 * (z * z).sum(-1)
+
+
+def test_hmc_leaves_standard_normal_invariant():
+    g = torch.Generator().manual_seed(0)
+    N = 10_000
+    z = torch.randn(100, 100, 3, generator=g, dtype=F64)  # batch shape (100, 100), L = 3
+    state = hmc_init(z, standard_normal, 0.6)
+    for _ in range(5):
+        state, info = hmc_step(state, standard_normal, num_leapfrog=5, generator=g)
+    assert state.z.shape == (100, 100, 3) and info.accept_prob.shape == (100, 100)
+    assert 0.5 < info.accept_prob.mean().item() < 1.0  # the chains really moved
+    flat = state.z.reshape(N, 3)
+    assert (flat.mean(0).abs() < 4 / math.sqrt(N)).all()
+    assert ((flat.var(0) - 1).abs() < 4 * math.sqrt(2 / N)).all()
+
+
+def test_hmc_leaves_correlated_gaussian_invariant_with_per_chain_step_sizes():
+    g = torch.Generator().manual_seed(1)
+    N = 20_000
+    cov = torch.tensor([[1.0, 0.8], [0.8, 2.0]], dtype=F64)
+    precision, chol = torch.linalg.inv(cov), torch.linalg.cholesky(cov)
+    mean = torch.tensor([1.0, -2.0], dtype=F64)
+
+    def log_density(z):
+        d = z - mean
+        return -0.5 * ((d @ precision) * d).sum(-1)
+
+    z = mean + torch.randn(N, 2, generator=g, dtype=F64) @ chol.T
+    step_size = 0.05 + 0.5 * torch.rand(N, generator=g, dtype=F64)
+    state = hmc_init(z, log_density, step_size)
+    for _ in range(5):
+        state, _ = hmc_step(state, log_density, generator=g)
+    torch.testing.assert_close(state.step_size, step_size)
+    emp_mean, emp_cov = state.z.mean(0), torch.cov(state.z.T)
+    assert ((emp_mean - mean).abs() < 4 * torch.sqrt(cov.diagonal() / N)).all()
+    # SE of a sample covariance entry: sqrt((S_ii S_jj + S_ij^2) / N).
+    se_cov = torch.sqrt((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / N)
+    assert ((emp_cov - cov).abs() < 4 * se_cov).all()
+
+
+def test_hmc_accepts_almost_surely_for_tiny_steps():
+    g = torch.Generator().manual_seed(2)
+    state = hmc_init(torch.randn(500, 2, generator=g, dtype=F64), standard_normal, 1e-3)
+    new, info = hmc_step(state, standard_normal, generator=g)
+    assert info.accept_prob.min().item() > 0.999
+    assert not info.divergent.any()
+    torch.testing.assert_close(new.log_density, standard_normal(new.z))
+    torch.testing.assert_close(new.grad, -new.z)
+
+
+def test_hmc_flags_divergences_and_keeps_the_state():
+    g = torch.Generator().manual_seed(3)
+    state = hmc_init(torch.randn(50, 2, generator=g, dtype=F64), standard_normal, 1e3)
+    new, info = hmc_step(state, standard_normal, generator=g)
+    assert info.divergent.all() and not info.accepted.any()
+    assert (info.accept_prob == 0).all()
+    torch.testing.assert_close(new.z, state.z)
+
+
+def test_adapt_step_size_moves_towards_target_and_clamps():
+    eps = torch.tensor([0.1, 0.1, 0.9999, 2e-4])
+    new = adapt_step_size(eps, torch.tensor([0.9, 0.3, 0.9, 0.0]), target=0.65)
+    torch.testing.assert_close(new, torch.tensor([0.102, 0.098, 1.0, 1.96e-4]))
+    assert adapt_step_size(torch.tensor([1e-4]), torch.tensor([0.0]))[0] == pytest.approx(1e-4)
+    with pytest.raises(ValueError):
+        adapt_step_size(eps, eps, target=1.5)
+
+
+def test_value_and_grad_checks_the_shape():
+    with pytest.raises(ValueError, match="batch shape"):
+        value_and_grad(lambda z: z.sum(), torch.zeros(3, 2))
+    value, grad = value_and_grad(lambda z: torch.zeros(z.shape[:-1]), torch.zeros(3, 2))
+    assert (grad == 0).all()
+    assert isinstance(HMCState(*[value] * 4), tuple)
+
+
+# ------------------------------------------------------------------------------ AIS, BDMC
+
+
+@pytest.fixture(scope="module")
+def model():
+    W, b, sigma, x, z = linear_gaussian()
+    return W, b, sigma, x, z, linear_gaussian_log_marginal(x, W, b, sigma)
+
+
+def test_ais_from_the_exact_posterior_is_exact(model):
+    # With p_0 = q = p(z|x), ell(z) = log p(x) everywhere: every log weight is log p(x).
+    W, b, sigma, x, _, exact = model
+    torch.manual_seed(0)
+    f = linear_gaussian_callables(W, b, sigma, q="exact")
+    est = ais(f, x, schedule=linear_schedule(10), num_chains=4, initial="q")
+    torch.testing.assert_close(est.extra["log_weights"], exact.expand(4, -1), rtol=0, atol=1e-9)
+    torch.testing.assert_close(est.per_datapoint, exact, rtol=0, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def ais_and_bdmc(model):
+    W, b, sigma, x, z, _ = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
+    schedule = sigmoid_schedule(500)
+    lower = ais(f, x, schedule=schedule, num_chains=16, generator=g)
+    upper = bdmc_upper(
+        f,
+        x,
+        z,
+        schedule=schedule,
+        num_chains=16,
+        generator=g,
+        step_size=lower.extra["step_size_final"],
+    )
+    return lower, upper
+
+
+def test_ais_is_close_to_exact_and_below_it(model, ais_and_bdmc):
+    *_, exact = model
+    lower, _ = ais_and_bdmc
+    assert lower.n == 20 and lower.extra["num_steps"] == 500 and lower.extra["num_chains"] == 16
+    assert lower.extra["log_weights"].shape == (16, 20)
+    assert lower.extra["z_final"].shape == (16, 20, 2)
+    assert lower.extra["se_chains"].shape == (20,)
+    assert 0.4 < lower.extra["acceptance"] < 0.95
+    # A few divergences while beta grows faster than the 2%-per-step adaptation shrinks steps.
+    assert lower.extra["divergences"] < 1e-3 * 500 * 16 * 20
+    # Within 0.1 nat of log p(x) on average, and a (stochastic) lower bound.
+    assert abs((lower.per_datapoint - exact).mean().item()) < 0.1
+    mean, se = paired(exact, lower.per_datapoint)
+    assert mean >= -3 * se
+
+
+def test_bdmc_sandwiches_log_px(model, ais_and_bdmc):
+    *_, exact = model
+    lower, upper = ais_and_bdmc
+    assert upper.extra["acceptance_per_step"].shape == (499,)  # no transition at beta = 0
+    # A stochastic upper bound ...
+    mean, se = paired(upper.per_datapoint, exact)
+    assert mean >= -3 * se
+    # ... and the sandwich upper - lower is non-negative within SE and small.
+    gap, se = paired(upper.per_datapoint, lower.per_datapoint)
+    assert gap >= -3 * se
+    assert gap < 0.1 + 3 * se
+
+
+def test_ais_from_q_with_datapoint_batches(model):
+    W, b, sigma, x, _, exact = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+    torch.manual_seed(2)
+    calls = []
+    est = ais(
+        f,
+        x,
+        schedule=sigmoid_schedule(100),
+        num_chains=8,
+        initial="q",
+        batch_size=7,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls[-1] == (300, 300)  # 3 batches of 100 steps
+    assert est.extra["step_size_final"].shape == (8, 20)
+    mean, se = paired(exact, est.per_datapoint)
+    assert mean >= -3 * se and abs(mean) < 0.05
+
+
+def test_ais_rejects_invalid_settings(model):
+    W, b, sigma, x, z, _ = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+    schedule = linear_schedule(5)
+    with pytest.raises(ValueError, match="initial"):
+        ais(f, x, schedule=schedule, initial="posterior")
+    with pytest.raises(ValueError, match="sample_prior"):
+        ais(f._replace(sample_prior=None), x, schedule=schedule)
+    with pytest.raises(ValueError, match="start at 0"):
+        ais(f, x, schedule=schedule.flip(0))
+    with pytest.raises(ValueError, match="num_chains"):
+        ais(f, x, schedule=schedule, num_chains=0)
+    with pytest.raises(ValueError, match="num_chains"):
+        bdmc_upper(f, x, z.expand(4, -1, -1), schedule=schedule, num_chains=3)
+    with pytest.raises(ValueError, match="datapoints"):
+        bdmc_upper(f, x, z[:5], schedule=schedule)

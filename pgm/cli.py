@@ -1,4 +1,6 @@
-"""The ``pgm`` command: train, sample, list datasets. The library returns results; this prints."""
+"""The ``pgm`` command: train, sample, evaluate, report, datasets.
+
+The library returns results; this module prints them."""
 
 from __future__ import annotations
 
@@ -77,6 +79,40 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--out", default=None,
                    help="PNG path (default RUN/figures/samples-N.png); an .npy beside it")
+
+    e = sub.add_parser("evaluate", help="estimate log p(x) of a trained run: ELBO, IWAE, AIS, "
+                                        "BDMC, exact, gaps -> RUN/eval/")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--k", type=_ints, default=(1, 10, 100, 1000, 5000),
+                   help="IWAE sample sizes, comma-separated (default 1,10,100,1000,5000)")
+    e.add_argument("--n", type=int, default=1000,
+                   help="datapoints of the split for ELBO/IWAE (default 1000)")
+    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    e.add_argument("--ais-steps", type=int, default=1000,
+                   help="AIS intermediate distributions; 0 turns AIS off (default 1000)")
+    e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
+    e.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
+    e.add_argument("--ais-schedule", default="sigmoid", choices=("sigmoid", "linear"))
+    e.add_argument("--ais-n", type=int, default=100,
+                   help="AIS runs on the first this-many datapoints (default 100)")
+    e.add_argument("--bdmc", action="store_true",
+                   help="BDMC upper bound (reverse AIS) on data simulated from the model")
+    e.add_argument("--gaps", action="store_true",
+                   help="amortization and approximation gaps (Cremer et al. 2018)")
+    e.add_argument("--gaps-n", type=int, default=100, help="datapoints for --gaps")
+    e.add_argument("--prior-proposal", action="store_true",
+                   help="also IWAE with p(z) as the proposal (shows why it fails)")
+    e.add_argument("--preset", default=None, choices=("burda2015", "wu2017", "cremer2018"),
+                   help="a paper's protocol; its settings override the options above")
+    e.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
+    e.add_argument("--seed", type=int, default=0, help="random seed")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    r = sub.add_parser("report", help="one comparison table over several evaluated runs")
+    r.add_argument("runs", nargs="+", help="run directories with eval/results.json")
+    r.add_argument("--out", default="reports/comparison",
+                   help="path stem for the .md and .html (default reports/comparison)")
 
     sub.add_parser("datasets", help="list the built-in datasets and accepted files")
     return p
@@ -157,6 +193,76 @@ def _sample(args) -> int:
     return 0
 
 
+def _progress_bars(enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    bars: dict = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, disable=enabled is False)
+        bar = bars[stage]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return report
+
+
+def _evaluate(args) -> int:
+    from pgm import io
+    from pgm.data import load_dataset
+    from pgm.device import resolve_device
+    from pgm.evaluation import EvalConfig, evaluate, with_preset
+    from pgm.report import write_evaluation
+
+    run = io.load_run(args.run)
+    d = run.config["data"]
+    data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
+                        valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
+    cfg = with_preset(EvalConfig(
+        ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
+        prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
+        ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
+        ais_schedule=args.ais_schedule, ais_n=args.ais_n, bdmc=args.bdmc, gaps=args.gaps,
+        gaps_n=args.gaps_n, seed=args.seed, device=args.device), args.preset)
+    device = resolve_device(cfg.device)
+    ev = evaluate(run.model, data, cfg, progress=_progress_bars(False if args.no_progress
+                                                                  else None))
+    results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device))
+    from pgm.report import table_rows
+
+    for row in table_rows(results):
+        print(f"{row[0]:14s} {row[2]:>10s} ± {row[3]:<7s} n={row[4]:<5s} {row[5]:>7s} s")
+    bad = [c for c in results["checks"] if not c["ok"]]
+    for c in bad:
+        print(f"warning: {c['lower']} > {c['upper']} by {c['diff_mean']:.3f} ± "
+              f"{c['diff_se']:.3f} nats", file=sys.stderr)
+    print(f"wrote {Path(args.run) / 'eval'}/results.json, report.md, report.html")
+    return 0
+
+
+def _report(args) -> int:
+    import json
+
+    from pgm import io
+    from pgm.report import comparison
+
+    results = []
+    for run in args.runs:
+        path = Path(run) / "eval" / "results.json"
+        if not path.is_file():
+            raise PgmError(f"{run} has no eval/results.json; run `pgm evaluate {run}` first")
+        results.append(json.loads(path.read_text()))
+    md, page = comparison(results)
+    out = Path(args.out)
+    io.atomic_write_text(out.with_suffix(".md"), md)
+    io.atomic_write_text(out.with_suffix(".html"), page)
+    print(md)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.html')}")
+    return 0
+
+
 def _datasets(args) -> int:
     from pgm.data import available_datasets
 
@@ -168,7 +274,8 @@ def _datasets(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "sample": _sample, "datasets": _datasets}[args.command]
+    handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
+               "datasets": _datasets}[args.command]
     try:
         return handler(args)
     except (PgmError, ValueError, RuntimeError) as e:

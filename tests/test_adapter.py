@@ -15,12 +15,13 @@ def validation():
     pyro.enable_validation(False)
 
 
+@pytest.mark.parametrize("traces", [True, False])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian-learned"])
-def test_callables_match_plain_distributions(likelihood):
+def test_callables_match_plain_distributions(likelihood, traces):
     torch.manual_seed(0)
     model = VAE(data_dim=20, latent_dim=3, hidden=(8,), likelihood=likelihood)
     x = torch.rand(4, 20).bernoulli()
-    f = latent_callables(model)
+    f = latent_callables(model, traces=traces)
     z = f.sample_q(x, 6)
     assert z.shape == (6, 4, 3) and not z.requires_grad
     q, prior = model.encode(x), model.prior(4)
@@ -40,10 +41,21 @@ def test_gradients_flow_through_log_joint():
     assert g.shape == z.shape and torch.isfinite(g).all()
 
 
-def test_delta_guide_log_q():
+@pytest.mark.parametrize("traces", [True, False])
+def test_delta_guide_log_q(traces):
     model = Autoencoder(data_dim=20, latent_dim=2, hidden=(8,))
     x = torch.rand(3, 20)
-    f = latent_callables(model)
+    f = latent_callables(model, traces=traces)
     z = f.sample_q(x, 4)
     torch.testing.assert_close(z[0], model.encode_params(x)[0].detach())
     assert (f.log_q(z, x) == 0).all()
+
+
+def test_traced_and_plain_samples_agree_for_the_same_seed():
+    model = VAE(data_dim=20, latent_dim=3, hidden=(8,))
+    x = torch.rand(4, 20).bernoulli()
+    torch.manual_seed(5)
+    a = latent_callables(model, traces=True).sample_q(x, 7)
+    torch.manual_seed(5)
+    b = latent_callables(model, traces=False).sample_q(x, 7)
+    torch.testing.assert_close(a, b)

@@ -1,0 +1,318 @@
+r"""``evaluate()``: every estimator of log p(x) on one trained model, with error bars.
+
+log p(x) = ELBO + KL(q(z|x) || p(z|x)): this module measures both sides. On ``n`` datapoints
+of a split it draws ``max(ks)`` importance weights per datapoint once, and from them reports
+the ELBO and every IWAE_K (Burda et al. 2015) with PSIS k-hat; on the first ``ais_n`` of them
+AIS with HMC (Wu et al. 2017); optionally BDMC's upper bound on data simulated from the
+model (Grosse et al. 2015), the amortization/approximation gaps (Cremer et al. 2018), and
+exact log p(x) where it exists (closed form, enumeration, or quadrature for latent dim <= 2).
+
+Datapoints are processed in batches aligned to their index in the split; each batch's random
+stream is seeded from (seed, index of its first datapoint), so results do not depend on how
+the work is split up. Everything here is built on :func:`pgm.inference.adapter.latent_callables`
+and works for any model that honours the contract.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from pgm.device import resolve_device
+from pgm.errors import DataError
+from pgm.inference.adapter import latent_callables
+from pgm.inference.bounds import iwae_from_log_weights, log_importance_weights
+from pgm.inference.callables import Estimate
+from pgm.inference.schedules import linear_schedule, sigmoid_schedule
+
+SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
+#: Quadrature stops refining when log p(x) moves less than this (nats); the decoders run in
+#: float32, whose rounding alone moves a 784-pixel log-likelihood by ~1e-4.
+QUADRATURE_TOL = 1e-3
+
+#: Paper protocols a user can name; their settings are written into the results.
+PRESETS: dict[str, dict] = {
+    "burda2015": {"ks": (1, 10, 100, 1000, 5000), "ais_steps": 0},
+    "wu2017": {"ks": (1, 10, 100, 1000), "ais_steps": 10_000, "ais_chains": 16,
+               "ais_leapfrog": 10, "ais_schedule": "sigmoid", "bdmc": True},
+    "cremer2018": {"ks": (1, 5000), "ais_steps": 1000, "gaps": True},
+}
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple[int, ...] = (1, 10, 100, 1000, 5000)
+    n: int = 1000  # datapoints of the split for the ELBO/IWAE estimators
+    split: str = "test"
+    batch_size: int = 100  # datapoints per batch (memory: K x batch decoder outputs per chunk)
+    prior_proposal: bool = False  # also IWAE with p(z) as the proposal (to show it fails)
+    ais_steps: int = 1000  # T intermediate distributions; 0 turns AIS off
+    ais_chains: int = 16
+    ais_leapfrog: int = 10
+    ais_schedule: str = "sigmoid"
+    ais_initial: str = "prior"  # p_0 of the annealing path: "prior" or "q"
+    ais_n: int = 100  # AIS is run on the first ais_n of the n datapoints
+    bdmc: bool = False  # BDMC sandwich on ais_n datapoints simulated from the model
+    gaps: bool = False  # amortization / approximation gaps on the first gaps_n datapoints
+    gaps_n: int = 100
+    gaps_steps: int = 500
+    exact: bool = True  # closed form / enumeration / quadrature where the model allows it
+    seed: int = 0
+    device: str = "auto"
+    preset: str | None = None
+
+    def __post_init__(self):
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {self.ks}")
+        if self.ais_schedule not in SCHEDULES:
+            raise ValueError(f"unknown ais_schedule {self.ais_schedule!r}; "
+                             f"known: {', '.join(SCHEDULES)}")
+        if self.split not in ("train", "valid", "test"):
+            raise ValueError(f"split must be train, valid or test, got {self.split!r}")
+        if min(self.n, self.batch_size) < 1:
+            raise ValueError("n and batch_size must be positive")
+
+
+def with_preset(config: EvalConfig, preset: str | None) -> EvalConfig:
+    """``config`` with the preset's settings applied (the preset's name is recorded)."""
+    if preset is None:
+        return config
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return replace(config, preset=preset, **PRESETS[preset])
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)
+
+
+STREAMS = {"iwae": 0, "iwae_prior": 1, "ais": 2, "bdmc": 3, "bdmc_rev": 4, "bdmc_sim": 5,
+           "gaps": 6}
+
+
+def _seed_batch(seed: int, start: int, stream: str) -> torch.Generator:
+    """Seed torch's RNG (the callables sample from it) from (seed, first index, stream) and
+    return a generator seeded alike for the kernels' own draws: a datapoint's random numbers
+    depend on its index, not on which batch or process handles it."""
+    s = ((seed * 1_000_003 + start) * len(STREAMS) + STREAMS[stream]) * 2
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s + 1)
+
+
+def concat_estimates(parts: list[Estimate], extra: dict | None = None) -> Estimate:
+    """One Estimate from batches: per-datapoint values concatenated, seconds summed; scalar
+    extras are n-weighted means (``*_min``/``*_max``: min/max; ints: sums, settings: first)."""
+    per = torch.cat([p.per_datapoint for p in parts])
+    seconds = sum(p.seconds for p in parts)
+    merged: dict = {}
+    for key, value in parts[0].extra.items():
+        values = [p.extra.get(key) for p in parts]
+        if isinstance(value, bool) or isinstance(value, str) or value is None:
+            merged[key] = value
+        elif key.endswith("_min"):
+            merged[key] = min(values)
+        elif key.endswith("_max"):
+            merged[key] = max(values)
+        elif key in ("divergences",):
+            merged[key] = sum(values)
+        elif isinstance(value, int):
+            merged[key] = value
+        elif isinstance(value, float):
+            merged[key] = sum(v * p.n for v, p in zip(values, parts)) / sum(p.n for p in parts)
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[-1] == parts[0].n:
+            merged[key] = torch.cat(values, dim=-1)
+    merged.update(extra or {})
+    return Estimate.of(per, seconds=seconds, extra=merged)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns: one Estimate per named estimator, and the settings."""
+
+    estimators: dict[str, Estimate]
+    config: EvalConfig
+    index: torch.Tensor  # (n,) indices of the evaluated datapoints within the split
+    figures_data: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {name: est.summary() for name, est in self.estimators.items()}
+
+
+def _best_log_px(est: dict[str, Estimate]) -> tuple[str, Estimate]:
+    for name in ("exact", "ais"):
+        if name in est:
+            return name, est[name]
+    k = max(int(n.split("_")[1]) for n in est if n.startswith("iwae_") and n[5:].isdigit())
+    return f"iwae_{k}", est[f"iwae_{k}"]
+
+
+def evaluate(model, data, config: EvalConfig | None = None, *,
+             progress: Callable[[str, int, int], None] | None = None) -> Evaluation:
+    """Run the estimators chosen by ``config`` on ``model`` over ``data``'s split.
+
+    ``progress(stage, done, total)`` is called as work advances (the CLI draws bars from it).
+    """
+    from pgm.inference.diagnostics import psis_khat
+
+    cfg = config or EvalConfig()
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()
+    x_all = getattr(data, f"x_{cfg.split}")
+    y_all = getattr(data, f"y_{cfg.split}")
+    n = min(cfg.n, len(x_all))
+    if n == 0:
+        raise DataError(f"the {cfg.split} split of {data.name} is empty")
+    x_all = x_all[:n].to(device)
+    y_all = y_all[:n].to(device) if (y_all is not None and model.conditional) else None
+    model.check_data(x_all, f"{cfg.split} data")
+    report = progress or (lambda stage, done, total: None)
+    out: dict[str, list[Estimate]] = {}
+    khat = []
+
+    def bind(lo, hi):
+        return latent_callables(model, None if y_all is None else y_all[lo:hi])
+
+    # ---- ELBO and IWAE_K from one set of max(ks) weights per datapoint --------------------
+    ks = sorted(set(cfg.ks))
+    if not model.enumerated:  # an enumerated model's guide has no latent site to sample
+        for lo, hi in _batches(n, cfg.batch_size):
+            _seed_batch(cfg.seed, lo, "iwae")
+            t0 = time.perf_counter()
+            log_w = log_importance_weights(bind(lo, hi), x_all[lo:hi], ks[-1])  # (K, B)
+            for k, est in iwae_from_log_weights(log_w, ks,
+                                                seconds=time.perf_counter() - t0).items():
+                out.setdefault(f"iwae_{k}", []).append(est)
+            khat.append(psis_khat(log_w))
+            if cfg.prior_proposal:
+                _seed_batch(cfg.seed, lo, "iwae_prior")
+                t0 = time.perf_counter()
+                log_w = log_importance_weights(bind(lo, hi), x_all[lo:hi], ks[-1],
+                                               proposal="prior")
+                for k, est in iwae_from_log_weights(
+                        log_w, ks, seconds=time.perf_counter() - t0).items():
+                    out.setdefault(f"iwae_prior_{k}", []).append(est)
+            report("iwae", hi, n)
+    estimators = {name: concat_estimates(parts) for name, parts in out.items()}
+    if "iwae_1" in estimators:
+        estimators = {"elbo": estimators["iwae_1"], **estimators}
+    if khat:
+        k = torch.cat(khat)
+        for name in estimators:
+            if name.startswith(("elbo", "iwae_")) and not name.startswith("iwae_prior"):
+                estimators[name].extra.update(khat_max=k.max().item(), khat_mean=k.mean().item(),
+                                              khat_frac_above_0_7=(k > 0.7).double().mean().item())
+        estimators["elbo"].extra["khat"] = k
+
+    # ---- exact log p(x) ---------------------------------------------------------------------
+    if cfg.exact:
+        exact = _exact(model, x_all, y_all, cfg, bind, report)
+        if exact is not None:
+            estimators["exact"] = exact
+
+    # ---- AIS on the first ais_n datapoints ---------------------------------------------------
+    n_ais = min(cfg.ais_n, n)
+    if cfg.ais_steps > 0 and n_ais > 0 and model.reparameterized:
+        estimators["ais"] = _ais(model, x_all[:n_ais], cfg, bind, report, "ais")
+
+    # ---- BDMC on simulated data --------------------------------------------------------------
+    if cfg.bdmc and cfg.ais_steps > 0 and model.reparameterized:
+        lower, upper = _bdmc(model, y_all, n_ais, cfg, report)
+        estimators["bdmc_lower"], estimators["bdmc_upper"] = lower, upper
+
+    # ---- gaps ------------------------------------------------------------------------------
+    if cfg.gaps and model.reparameterized:
+        estimators.update(_gaps(estimators, x_all, cfg, bind, report))
+
+    return Evaluation(estimators=estimators, config=cfg, index=torch.arange(n))
+
+
+def _exact(model, x, y, cfg, bind, report) -> Estimate | None:
+    from pgm.inference.exact import quadrature_log_marginal
+
+    if hasattr(model, "exact_log_marginal"):
+        t0 = time.perf_counter()
+        per = torch.cat([model.exact_log_marginal(x[lo:hi]).double().cpu()
+                         for lo, hi in _batches(len(x), cfg.batch_size)])
+        method = "enumeration" if model.enumerated else "closed form"
+        return Estimate.of(per, seconds=time.perf_counter() - t0, extra={"method": method})
+    if model.latent_dim > 2:
+        return None
+    parts = []
+    for lo, hi in _batches(len(x), cfg.batch_size):
+        parts.append(quadrature_log_marginal(bind(lo, hi).log_joint, x[lo:hi],
+                                             latent_dim=model.latent_dim, tol=QUADRATURE_TOL))
+        report("exact", hi, len(x))
+    return concat_estimates(parts, extra={"method": "quadrature"})
+
+
+def _ais(model, x, cfg, bind, report, stage, stream="ais") -> Estimate:
+    from pgm.inference.ais import ais
+
+    schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
+    parts = []
+    for lo, hi in _batches(len(x), cfg.batch_size):
+        gen = _seed_batch(cfg.seed, lo, stream)
+        f = bind(lo, hi)
+        est = ais(f, x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
+                  num_leapfrog=cfg.ais_leapfrog, initial=cfg.ais_initial, generator=gen,
+                  progress=lambda done, total, lo=lo, hi=hi: report(
+                      stage, lo * total + done * (hi - lo), len(x) * total))
+        est.extra.pop("z_final", None)
+        parts.append(est)
+    return concat_estimates(parts, extra={"schedule": cfg.ais_schedule})
+
+
+def _bdmc(model, y, n, cfg, report) -> tuple[Estimate, Estimate]:
+    """Forward AIS and reverse AIS on (x, z) simulated from the model: z is an exact
+    posterior sample of its x, so the reverse chain gives a stochastic upper bound."""
+    from pgm.inference.ais import bdmc_upper
+
+    _seed_batch(cfg.seed, 0, "bdmc_sim")
+    y_sim = None if y is None else y[:n]
+    with torch.no_grad():
+        z = model.prior(n, y_sim).sample()
+        x = model.decode(z, y_sim).sample()
+    def bind_sim(lo, hi):
+        return latent_callables(model, None if y_sim is None else y_sim[lo:hi])
+
+    lower = _ais(model, x, cfg, bind_sim, report, "bdmc forward", stream="bdmc")
+    schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
+    parts = []
+    for lo, hi in _batches(n, cfg.batch_size):
+        gen = _seed_batch(cfg.seed, lo, "bdmc_rev")
+        parts.append(bdmc_upper(bind_sim(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
+                                num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
+                                initial=cfg.ais_initial, generator=gen))
+        report("bdmc reverse", hi, n)
+    upper = concat_estimates(parts, extra={"schedule": cfg.ais_schedule, "data": "simulated"})
+    lower.extra["data"] = "simulated"
+    gap = (upper.per_datapoint - lower.per_datapoint)
+    upper.extra.update(sandwich_mean=gap.mean().item(),
+                       sandwich_se=(gap.std() / math.sqrt(max(len(gap), 1))).item()
+                       if len(gap) > 1 else math.nan)
+    return lower, upper
+
+
+def _gaps(estimators, x, cfg, bind, report) -> dict[str, Estimate]:
+    from pgm.inference.gaps import amortization_gaps
+
+    name, best = _best_log_px(estimators)
+    m = min(cfg.gaps_n, len(best.per_datapoint))
+    parts: dict[str, list[Estimate]] = {}
+    for lo, hi in _batches(m, cfg.batch_size):
+        _seed_batch(cfg.seed, lo, "gaps")
+        res = amortization_gaps(bind(lo, hi), x[lo:hi], best.per_datapoint[lo:hi].to(x.device),
+                                steps=cfg.gaps_steps)
+        for key, est in res.items():
+            parts.setdefault(key, []).append(est)
+        report("gaps", hi, m)
+    return {f"gap_{k}" if not k.startswith("elbo") else k: concat_estimates(
+        v, extra={"log_px_from": name}) for k, v in parts.items()}

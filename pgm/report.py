@@ -1,0 +1,254 @@
+"""The likelihood-evaluation report: ``eval/results.json`` (an interface scripts read),
+``eval/per_datapoint.npz``, ``eval/report.md`` and a self-contained ``eval/report.html``.
+
+results.json (schema ``pgm-eval``, version 1)::
+
+    {"schema": "pgm-eval", "version": 1, "run": ..., "dataset": ..., "split": "test",
+     "n": 1000, "device": "cpu", "world_size": 1, "versions": {...}, "config": {...},
+     "estimators": {"elbo": {"mean", "se", "n", "seconds", ...settings, diagnostics},
+                    "iwae_1": ..., "iwae_10": ..., "ais": ..., "bdmc_upper": ..., "exact": ...},
+     "checks": [{"lower", "upper", "n", "diff_mean", "diff_se", "ok"}, ...]}
+
+Values are nats per datapoint. ``checks`` test, on the datapoints both share, that each
+lower bound sits below each quantity it bounds (paired differences, within 3 SE).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pgm import io, plots
+
+SCHEMA, SCHEMA_VERSION = "pgm-eval", 1
+ORDER = ("elbo", "iwae", "ais", "exact", "bdmc_lower", "bdmc_upper", "elbo_q", "elbo_qstar",
+         "gap_approximation", "gap_amortization")
+DESCRIPTIONS = {
+    "elbo": "ELBO, E_q[log p(x,z) - log q(z|x)] (lower bound)",
+    "ais": "AIS with HMC (stochastic lower bound)",
+    "exact": "exact log p(x)",
+    "bdmc_lower": "BDMC forward AIS on simulated data (lower)",
+    "bdmc_upper": "BDMC reverse AIS on simulated data (upper bound)",
+    "elbo_q": "ELBO of the amortized q (gap subset)",
+    "elbo_qstar": "ELBO of the per-datapoint optimal Gaussian q*",
+    "gap_approximation": "approximation gap log p(x) - L[q*]",
+    "gap_amortization": "amortization gap L[q*] - L[q]",
+}
+
+
+def _sort_key(name: str):
+    for i, prefix in enumerate(ORDER):
+        if name == prefix or (prefix == "iwae" and name.startswith("iwae_")):
+            k = name.rsplit("_", 1)[-1]
+            return (i, "prior" in name, int(k) if k.isdigit() else 0)
+    return (len(ORDER), False, 0)
+
+
+def describe(name: str) -> str:
+    if name.startswith("iwae_prior_"):
+        return f"IWAE bound, K={name.rsplit('_', 1)[1]}, prior as proposal"
+    if name.startswith("iwae_"):
+        return f"IWAE bound, K={name.split('_')[1]} (lower bound)"
+    return DESCRIPTIONS.get(name, name)
+
+
+def bound_checks(estimators) -> list[dict]:
+    """Paired checks lower <= upper on shared datapoints (the first min(n) of the split)."""
+    names = [n for n in estimators if n.startswith("iwae_") and "prior" not in n]
+    chain = ["elbo", *sorted(names, key=_sort_key)]
+    pairs = list(zip(chain[:-1], chain[1:]))
+    for top in ("exact",):
+        if top in estimators:
+            pairs += [(chain[-1], top), ("ais", top)]
+    if "bdmc_lower" in estimators and "bdmc_upper" in estimators:
+        pairs.append(("bdmc_lower", "bdmc_upper"))
+    checks = []
+    for lo_name, hi_name in pairs:
+        if lo_name not in estimators or hi_name not in estimators or lo_name == hi_name:
+            continue
+        a, b = estimators[lo_name].per_datapoint, estimators[hi_name].per_datapoint
+        m = min(len(a), len(b))
+        d = (a[:m] - b[:m]).double()
+        se = (d.std() / math.sqrt(m)).item() if m > 1 else math.nan
+        mean = d.mean().item()
+        checks.append({"lower": lo_name, "upper": hi_name, "n": m, "diff_mean": mean,
+                       "diff_se": se, "ok": bool(mean <= 3 * (se if se == se else 0) + 1e-9)})
+    return checks
+
+
+def results_dict(evaluation, *, run: str, dataset: str, device: str,
+                 world_size: int = 1) -> dict:
+    from pgm.config import to_dict
+
+    est = dict(sorted(evaluation.estimators.items(), key=lambda kv: _sort_key(kv[0])))
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "run": run, "dataset": dataset,
+            "split": evaluation.config.split, "n": len(evaluation.index), "device": device,
+            "world_size": world_size, "versions": io.versions(),
+            "config": to_dict(evaluation.config),
+            "estimators": {name: e.summary() for name, e in est.items()},
+            "checks": bound_checks(est)}
+
+
+def _figures(evaluation, out_dir: Path) -> list[Path]:
+    est = evaluation.estimators
+    written = []
+    ks = sorted(int(n.split("_")[1]) for n in est if n.startswith("iwae_") and "prior" not in n)
+    refs = [r for r in ("ais", "exact") if r in est]
+    if ks:
+        m = min([est[f"iwae_{k}"].n for k in ks] + [est[r].n for r in refs])
+
+        def stat(name):
+            v = est[name].per_datapoint[:m]
+            return v.mean().item(), (v.std() / math.sqrt(m)).item() if m > 1 else math.nan
+
+        means, ses = zip(*(stat(f"iwae_{k}") for k in ks))
+        lines = {("AIS" if r == "ais" else "exact"): stat(r) for r in refs}
+        written.append(plots.save_figure(
+            plots.bounds_vs_k(ks, means, ses, lines=lines, n=m), out_dir / "bounds_vs_k.png"))
+        best = refs[-1] if refs else f"iwae_{ks[-1]}"
+        m2 = min(est["elbo"].n, est[best].n)
+        gaps = {f"{best} - ELBO": (est[best].per_datapoint[:m2] - est["elbo"].per_datapoint[:m2])}
+        if "gap_amortization" in est:
+            gaps["amortization gap"] = est["gap_amortization"].per_datapoint
+            gaps["approximation gap"] = est["gap_approximation"].per_datapoint
+        written.append(plots.save_figure(
+            plots.gap_histogram(gaps, title="per-datapoint gap: log p(x) - ELBO = KL(q || p(z|x))"),
+            out_dir / "gap_histogram.png"))
+    for name, fig in evaluation.figures_data.items():
+        written.append(plots.save_figure(fig, out_dir / f"{name}.png"))
+    return written
+
+
+def _fmt(v, digits=2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+SETTINGS = ("K", "num_blocks", "num_steps", "num_chains", "num_leapfrog", "schedule", "initial",
+            "method", "log_px_from", "data")
+DIAGNOSTICS = ("khat_max", "khat_frac_above_0_7", "acceptance", "divergences", "ess_mean",
+               "sandwich_mean", "max_change")
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for name, s in results["estimators"].items():
+        settings = ", ".join(f"{k}={s[k]}" for k in SETTINGS if k in s)
+        diags = ", ".join(f"{k}={_fmt(s[k], 3)}" for k in DIAGNOSTICS if k in s)
+        rows.append([name, describe(name), _fmt(s["mean"]), _fmt(s["se"], 3), str(s["n"]),
+                     _fmt(s["seconds"], 1), settings, diags])
+    return rows
+
+
+HEADER = ["estimator", "what", "mean (nats)", "SE", "n", "seconds", "settings", "diagnostics"]
+
+
+def _md_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _checks_md(checks) -> str:
+    lines = []
+    for c in checks:
+        mark = "ok" if c["ok"] else "VIOLATED"
+        lines.append(f"- {c['lower']} <= {c['upper']} on {c['n']} shared datapoints: paired "
+                     f"difference {c['diff_mean']:.3f} ± {c['diff_se']:.3f} nats — {mark}")
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict, figures: list[Path]) -> str:
+    parts = [f"# log p(x) report: {results['run']}", "",
+             f"Dataset `{results['dataset']}`, split `{results['split']}`, "
+             f"n = {results['n']}, device `{results['device']}`, "
+             f"pgm {results['versions']['pgm']}, torch {results['versions']['torch']}, "
+             f"pyro {results['versions']['pyro']}. Values are nats per datapoint; SE is the "
+             "standard error across datapoints.", "",
+             _md_table(HEADER, table_rows(results)), "", "## Bound order", "",
+             _checks_md(results["checks"]) or "(nothing to check)", ""]
+    if results["config"].get("preset"):
+        parts.insert(3, f"Protocol preset: `{results['config']['preset']}`.\n")
+    for fig in figures:
+        parts += [f"![{fig.stem}](figures/{fig.name})", ""]
+    return "\n".join(parts)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}
+th{background:#f3f3f3}td:nth-child(3),td:nth-child(4),td:nth-child(5),td:nth-child(6)
+{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00;font-weight:bold}
+img{max-width:100%;margin:1em 0}code{background:#f3f3f3;padding:0 3px}"""
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def render_html(results: dict, figures: list[Path], title: str | None = None) -> str:
+    checks = "".join(
+        f"<li class=\"{'' if c['ok'] else 'bad'}\">{html.escape(c['lower'])} &le; "
+        f"{html.escape(c['upper'])} on {c['n']} shared datapoints: paired difference "
+        f"{c['diff_mean']:.3f} &plusmn; {c['diff_se']:.3f} nats &mdash; "
+        f"{'ok' if c['ok'] else 'VIOLATED'}</li>" for c in results.get("checks", []))
+    meta = (f"Dataset <code>{html.escape(results['dataset'])}</code>, split "
+            f"<code>{results['split']}</code>, n = {results['n']}, device "
+            f"<code>{html.escape(results['device'])}</code>, pgm {results['versions']['pgm']}. "
+            "Values are nats per datapoint; SE is the standard error across datapoints.")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
+            f"{html.escape(title or results['run'])}</title><style>{CSS}</style></head><body>"
+            f"<h1>log p(x) report: {html.escape(results['run'])}</h1><p>{meta}</p>"
+            f"{_html_table(HEADER, table_rows(results))}<h2>Bound order</h2><ul>{checks}</ul>"
+            + "".join(_img(f) for f in figures) + "</body></html>")
+
+
+def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str, device: str,
+                     world_size: int = 1) -> dict:
+    """Write results.json, per_datapoint.npz, figures, report.md and report.html under
+    RUN/eval/; return the results dict."""
+    out = Path(run_dir) / "eval"
+    results = results_dict(evaluation, run=str(run_dir), dataset=dataset, device=device,
+                           world_size=world_size)
+    buf = _io.BytesIO()
+    np.savez(buf, index=evaluation.index.numpy(),
+             **{k: e.per_datapoint.numpy() for k, e in evaluation.estimators.items()})
+    io.atomic_write_bytes(out / "per_datapoint.npz", buf.getvalue())
+    figures = _figures(evaluation, out / "figures")
+    io.atomic_write_json(out / "results.json", results)
+    io.atomic_write_text(out / "report.md", render_markdown(results, figures))
+    io.atomic_write_text(out / "report.html", render_html(results, figures))
+    return results
+
+
+def comparison(results: list[dict]) -> tuple[str, str]:
+    """One table over several runs' results.json: each estimator's mean ± SE (n)."""
+    names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
+    header = ["run", "dataset", *names]
+    rows = []
+    for r in results:
+        cells = []
+        for n in names:
+            s = r["estimators"].get(n)
+            cells.append("–" if s is None else f"{s['mean']:.2f} ± {_fmt(s['se'])} ({s['n']})")
+        rows.append([r["run"], r["dataset"], *cells])
+    md = ("# Comparison of runs\n\nnats per datapoint, mean ± SE (n)\n\n"
+          + _md_table(header, rows) + "\n")
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>pgm comparison</title>"
+            f"<style>{CSS}</style></head><body><h1>Comparison of runs</h1>"
+            "<p>nats per datapoint, mean &plusmn; SE (n)</p>"
+            f"{_html_table(header, rows)}</body></html>")
+    return md, page

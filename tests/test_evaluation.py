@@ -1,0 +1,116 @@
+"""evaluate(): every estimator through the Pyro contract, checked against known answers."""
+
+import json
+
+import pytest
+import torch
+
+import pgm
+from pgm.data import Dataset
+from pgm.evaluation import EvalConfig, evaluate, with_preset
+from pgm.models import LinearGaussian
+from pgm.report import write_evaluation
+
+
+def _dataset(x: torch.Tensor) -> Dataset:
+    n = len(x)
+    a, b = int(0.8 * n), int(0.9 * n)
+    return Dataset(name="simulated", x_train=x[:a], x_valid=x[a:b], x_test=x[b:], y_train=None,
+                   y_valid=None, y_test=None, image_shape=None, n_classes=None,
+                   binarize="none", seed=0)
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian():
+    """A linear-Gaussian model fitted by SVI to data simulated from a random one."""
+    torch.manual_seed(0)
+    truth = LinearGaussian(data_dim=6, latent_dim=2, sigma=0.5)
+    with torch.no_grad():
+        truth.decoder.weight.mul_(2.0)
+    x = truth.sample(3000, mean=False)
+    data = _dataset(x)
+    model = LinearGaussian(data_dim=6, latent_dim=2, sigma=0.5)
+    pgm.fit(model, data, epochs=15, lr=1e-2, patience=None, progress=False)
+    return model, data
+
+
+def _check_le(lo, hi, slack=0.0):
+    """lo <= hi per datapoint on average, within 3.5 SE of the paired difference."""
+    m = min(lo.n, hi.n)
+    d = lo.per_datapoint[:m] - hi.per_datapoint[:m]
+    assert d.mean() <= 3.5 * d.std() / m**0.5 + slack, (d.mean(), d.std() / m**0.5)
+
+
+def test_bounds_sit_in_order_around_the_exact_value(linear_gaussian, tmp_path):
+    model, data = linear_gaussian
+    cfg = EvalConfig(ks=(1, 10, 100, 1000, 5000), n=100, ais_steps=300, ais_n=30,
+                     ais_chains=8, bdmc=True, device="cpu")
+    ev = evaluate(model, data, cfg)
+    est = ev.estimators
+    assert {"elbo", "iwae_1", "iwae_10", "iwae_5000", "exact", "ais", "bdmc_upper"} <= set(est)
+    assert est["exact"].extra["method"] == "closed form"
+    torch.testing.assert_close(est["exact"].per_datapoint,
+                               model.exact_log_marginal(data.x_test[:100]).cpu())
+    _check_le(est["elbo"], est["iwae_10"])
+    _check_le(est["iwae_10"], est["iwae_1000"])
+    _check_le(est["iwae_1000"], est["exact"])
+    # the issue's accuracy: IWAE_5000 and AIS within 0.1 nat per datapoint of exact
+    diff = (est["iwae_5000"].per_datapoint - est["exact"].per_datapoint).abs().mean()
+    assert diff < 0.1
+    m = est["ais"].n
+    assert (est["ais"].per_datapoint - est["exact"].per_datapoint[:m]).mean().abs() < 0.1
+    # BDMC: on simulated data, upper >= lower within the sandwich's SE
+    _check_le(est["bdmc_lower"], est["bdmc_upper"])
+    assert est["elbo"].extra["khat_mean"] < 0.5  # q is a good proposal for most datapoints
+    assert est["elbo"].extra["khat_frac_above_0_7"] < 0.1
+    # the report and its interface
+    results = write_evaluation(tmp_path, ev, dataset=data.name, device="cpu")
+    on_disk = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["schema"] == "pgm-eval" and on_disk["n"] == 100
+    for name in ("elbo", "iwae_10", "ais", "exact", "bdmc_upper"):
+        assert {"mean", "se", "n", "seconds"} <= set(on_disk["estimators"][name])
+    assert all(c["ok"] for c in on_disk["checks"]), on_disk["checks"]
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "iwae_5000" in html
+    assert (tmp_path / "eval" / "figures" / "bounds_vs_k.png").is_file()
+
+
+def test_per_datapoint_values_do_not_depend_on_batching(linear_gaussian):
+    model, data = linear_gaussian
+    a = evaluate(model, data, EvalConfig(ks=(1, 100), n=40, batch_size=10, ais_steps=20,
+                                         ais_n=20, exact=False, device="cpu"))
+    b = evaluate(model, data, EvalConfig(ks=(1, 100), n=20, batch_size=10, ais_steps=20,
+                                         ais_n=20, exact=False, device="cpu"))
+    for name in ("iwae_100", "ais"):
+        torch.testing.assert_close(a.estimators[name].per_datapoint[:20],
+                                   b.estimators[name].per_datapoint)
+
+
+def test_prior_proposal_is_worse(linear_gaussian):
+    model, data = linear_gaussian
+    ev = evaluate(model, data, EvalConfig(ks=(1, 100), n=50, ais_steps=0, exact=False,
+                                          prior_proposal=True, device="cpu"))
+    _check_le(ev.estimators["iwae_prior_100"], ev.estimators["iwae_100"])
+
+
+def test_quadrature_agrees_with_ais_on_a_2d_vae():
+    data = pgm.load_dataset("digits")
+    torch.manual_seed(0)
+    model = pgm.VAE(data_dim=64, latent_dim=2, hidden=(64,))
+    pgm.fit(model, data, epochs=8, progress=False)
+    ev = evaluate(model, data, EvalConfig(ks=(1, 1000), n=12, ais_steps=400, ais_n=12,
+                                          ais_initial="q", device="cpu"))
+    est = ev.estimators
+    assert est["exact"].extra["method"] == "quadrature"
+    d = est["ais"].per_datapoint - est["exact"].per_datapoint
+    assert d.abs().mean() < 0.15, d
+    _check_le(est["elbo"], est["exact"])
+    _check_le(est["iwae_1000"], est["exact"], slack=0.02)
+
+
+def test_presets_are_recorded():
+    cfg = with_preset(EvalConfig(), "wu2017")
+    assert cfg.preset == "wu2017" and cfg.ais_steps == 10_000 and cfg.bdmc
+    with pytest.raises(ValueError, match="unknown preset"):
+        with_preset(EvalConfig(), "nope")

@@ -14,10 +14,12 @@ r"""From a Pyro model/guide pair to the plain callables the estimators take.
 The label ``y`` of a conditional model is bound here: build the callables per batch.
 
 Tracing costs about a millisecond per call, which dominates AIS on small models (T x
-(leapfrog + 1) calls per batch). For models whose Pyro programs are built from the contract's
-plain distributions (``model.reparameterized``; every VAE-like model in pgm),
-``latent_callables`` returns the same functions computed from ``prior``/``encode``/``decode``
-directly; tests/test_adapter.py proves the two equal. ``traces=True`` forces the traced path.
+(leapfrog + 1) calls per batch). The contract requires ``model``/``guide`` to be built from
+``prior``/``encode``/``decode``, so by default ``latent_callables`` computes the same
+functions from those distributions directly (for an enumerated model such as the GMM,
+``encode`` is the exact posterior over the discrete latent, which its guide leaves to
+enumeration). tests/test_adapter.py proves the two paths equal; ``traces=True`` forces the
+traced one.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ def _trace(fn, K: int, *args, z: torch.Tensor | None = None):
 
 
 def latent_callables(model, y: torch.Tensor | None = None, *,
-                     traces: bool | None = None) -> LatentCallables:
+                     traces: bool = False) -> LatentCallables:
     """The :class:`LatentCallables` of ``model``'s Pyro programs, with label ``y`` bound."""
-    if not (traces or (traces is None and not model.reparameterized)):
+    if not traces:
         return _plain_callables(model, y)
 
     def log_joint(x, z):

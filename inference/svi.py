@@ -85,7 +85,8 @@ def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
         if elbo is None:
             total += reparam_log_weights(model, xb, yb).sum()
         else:
-            total -= elbo(xb, yb, 1.0) * len(xb)
+            with torch.enable_grad():  # TraceEnum_ELBO refuses to build a loss without grad
+                total -= elbo(xb, yb, 1.0).detach() * len(xb)
     model.train(was_training)
     return total.item() / len(x)
 

@@ -2,10 +2,12 @@
 
 from pgm.errors import UnknownNameError
 
+from .cvae import CVAE, CVAEConfig, HalfImageCVAE
+from .gmm import GMM, GMMConfig
 from .linear_gaussian import LinearGaussian, LinearGaussianConfig
 from .vae import VAE, Autoencoder, VAEConfig
 
-MODELS = {cls.name: cls for cls in (VAE, Autoencoder, LinearGaussian)}
+MODELS = {cls.name: cls for cls in (VAE, Autoencoder, LinearGaussian, GMM, CVAE, HalfImageCVAE)}
 
 
 def get_model_class(name: str):
@@ -16,6 +18,6 @@ def get_model_class(name: str):
 
 
 __all__ = [
-    "MODELS", "VAE", "Autoencoder", "LinearGaussian", "LinearGaussianConfig", "VAEConfig",
-    "get_model_class",
+    "CVAE", "GMM", "MODELS", "VAE", "Autoencoder", "CVAEConfig", "GMMConfig", "HalfImageCVAE",
+    "LinearGaussian", "LinearGaussianConfig", "VAEConfig", "get_model_class",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pgm.errors import PgmError
 
-TRAINABLE = ("vae", "ae")
+TRAINABLE = ("vae", "ae", "gmm", "cvae")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -47,13 +47,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="p(x|z) (default: bernoulli for images, gaussian-learned otherwise)")
     t.add_argument("--likelihood-scale", type=float, default=0.1,
                    help="fixed scale of 'gaussian', minimum scale of 'gaussian-learned'")
+    t.add_argument("--components", type=int, default=100,
+                   help="gmm only: number of mixture components (default 100)")
+    t.add_argument("--prior", default="standard", choices=("standard", "learned"),
+                   help="cvae only: N(0, I) or a learned conditional prior p(z|y)")
     t.add_argument("--objective", default="elbo", choices=("elbo", "elbo-analytic", "iwae"),
                    help="training bound (default elbo)")
     t.add_argument("--particles", type=int, default=1,
                    help="samples per datapoint (K of the iwae bound; default 1)")
     t.add_argument("--epochs", type=int, default=30, help="number of epochs (default 30)")
     t.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default 1e-3; 3e-2 for gmm)")
     t.add_argument("--lr-schedule", default="constant",
                    choices=("constant", "cosine", "exponential"),
                    help="learning-rate schedule over epochs (default constant)")
@@ -124,6 +129,7 @@ def _train(args) -> int:
     from pgm import io
     from pgm.config import from_dict
     from pgm.data import load_dataset
+    from pgm.family_figures import write_cvae_figures, write_gmm_figures
     from pgm.inference.svi import FitConfig, fit
     from pgm.models import get_model_class
     from pgm.training_figures import write_training_figures
@@ -143,15 +149,10 @@ def _train(args) -> int:
     else:
         pyro.set_rng_seed(args.seed)
         data = load_dataset(args.data, binarize=args.binarize, seed=args.seed)
-        cls = get_model_class(args.model)
-        likelihood = args.likelihood or (
-            "bernoulli" if data.image_shape is not None else "gaussian-learned")
-        model = cls(cls.Config(
-            data_dim=data.data_dim, latent_dim=args.latent_dim, hidden=args.hidden,
-            activation=args.activation, arch=args.arch, image_shape=data.image_shape,
-            likelihood=likelihood, likelihood_scale=args.likelihood_scale))
+        model = _build_model(args, data)
+        lr = args.lr if args.lr is not None else (3e-2 if args.model == "gmm" else 1e-3)
         cfg = FitConfig(objective=args.objective, num_particles=args.particles,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                         lr_schedule=args.lr_schedule, clip_norm=args.clip_norm or None,
                         kl_warmup_epochs=args.kl_warmup, patience=args.patience or None,
                         seed=args.seed, device=args.device)
@@ -163,13 +164,40 @@ def _train(args) -> int:
         baseline = get_model_class("ae")(model.config)
         fit(baseline, data, cfg, out=ae_out, progress=progress,
             resume=args.resume and (ae_out / io.CHECKPOINT).exists())
-    figures = write_training_figures(out, model, data, history, baseline=baseline)
+    if args.model == "gmm":
+        figures = write_gmm_figures(out, model, data, history)
+    elif args.model == "cvae":
+        figures = write_cvae_figures(out, model, data, history)
+    else:
+        figures = write_training_figures(out, model, data, history, baseline=baseline)
     best = max(history, key=lambda r: r["valid_elbo"]) if history else None
     if best is not None:
         print(f"best valid ELBO {best['valid_elbo']:.3f} nats at epoch {best['epoch']} "
               f"({sum(r['seconds'] for r in history):.1f} s of training)")
     print(f"run directory: {out}  ({len(figures)} figures in {out / 'figures'})")
     return 0
+
+
+def _build_model(args, data):
+    """The model named on the command line, sized for ``data``."""
+    from pgm.models import get_model_class
+
+    cls = get_model_class(args.model)
+    images = data.image_shape is not None
+    if args.model == "gmm":
+        likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
+        return cls(cls.Config(data_dim=data.data_dim, components=args.components,
+                              likelihood="gaussian" if likelihood != "bernoulli" else likelihood))
+    extra = {}
+    if args.model == "cvae":
+        if data.y_train is None or data.n_classes is None:
+            raise PgmError(f"the cvae needs labels; {data.name} has none (give a .npz with y)")
+        extra = {"n_classes": data.n_classes, "prior": args.prior}
+    return cls(cls.Config(
+        data_dim=data.data_dim, latent_dim=args.latent_dim, hidden=args.hidden,
+        activation=args.activation, arch=args.arch, image_shape=data.image_shape,
+        likelihood=args.likelihood or ("bernoulli" if images else "gaussian-learned"),
+        likelihood_scale=args.likelihood_scale, **extra))
 
 
 def _sample(args) -> int:

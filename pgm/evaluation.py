@@ -61,6 +61,7 @@ class EvalConfig:
     gaps_n: int = 100
     gaps_steps: int = 500
     exact: bool = True  # closed form / enumeration / quadrature where the model allows it
+    posterior_check: int = 3  # datapoints whose q(z|x) is drawn against a NUTS reference (L=2)
     seed: int = 0
     device: str = "auto"
     preset: str | None = None
@@ -231,7 +232,35 @@ def evaluate(model, data, config: EvalConfig | None = None, *,
     if cfg.gaps and model.reparameterized:
         estimators.update(_gaps(estimators, x_all, cfg, bind, report))
 
-    return Evaluation(estimators=estimators, config=cfg, index=torch.arange(n))
+    figures = {}
+    if cfg.posterior_check > 0 and model.latent_dim == 2 and not model.enumerated:
+        figures["posterior_check"], estimators["nuts_reference"] = _posterior_check(
+            x_all, cfg, bind, report)
+    return Evaluation(estimators=estimators, config=cfg, index=torch.arange(n),
+                      figures_data=figures)
+
+
+def _posterior_check(x, cfg, bind, report):
+    """NUTS reference posteriors for the first few datapoints, drawn against q(z|x); the
+    returned Estimate holds the NUTS diagnostics (its per-datapoint value: R-hat)."""
+    from pgm.inference.diagnostics import posterior_figure, reference_posterior
+
+    m = min(cfg.posterior_check, len(x))
+    q_samples, nuts, rhat, ess, t0 = [], [], [], [], time.perf_counter()
+    for i in range(m):
+        f = bind(i, i + 1)
+        ref = reference_posterior(f, x[i:i + 1], seed=cfg.seed + i)
+        nuts.append(ref.samples.cpu())
+        _seed_batch(cfg.seed, i, "gaps")
+        q_samples.append(f.sample_q(x[i:i + 1], len(ref.samples))[:, 0].cpu())
+        rhat.append(ref.summary["rhat_max"])
+        ess.append(ref.summary["ess_bulk_min"])
+        report("nuts reference", i + 1, m)
+    fig = posterior_figure(q_samples, nuts, "q(z|x) (orange) against the NUTS posterior "
+                           "p(z|x) (blue)", panel_titles=[f"test datapoint {i}" for i in range(m)])
+    est = Estimate.of(torch.tensor(rhat, dtype=torch.float64), seconds=time.perf_counter() - t0,
+                      extra={"rhat_max": max(rhat), "ess_bulk_min": min(ess)})
+    return fig, est
 
 
 def _exact(model, x, y, cfg, bind, report) -> Estimate | None:
@@ -314,5 +343,5 @@ def _gaps(estimators, x, cfg, bind, report) -> dict[str, Estimate]:
         for key, est in res.items():
             parts.setdefault(key, []).append(est)
         report("gaps", hi, m)
-    return {f"gap_{k}" if not k.startswith("elbo") else k: concat_estimates(
+    return {(k if k.startswith("elbo") else "gap_" + k.removesuffix("_gap")): concat_estimates(
         v, extra={"log_px_from": name}) for k, v in parts.items()}

@@ -27,7 +27,7 @@ from pgm import io, plots
 
 SCHEMA, SCHEMA_VERSION = "pgm-eval", 1
 ORDER = ("elbo", "iwae", "ais", "exact", "bdmc_lower", "bdmc_upper", "elbo_q", "elbo_qstar",
-         "gap_approximation", "gap_amortization")
+         "gap_approximation", "gap_amortization", "gap_inference", "nuts_reference")
 DESCRIPTIONS = {
     "elbo": "ELBO, E_q[log p(x,z) - log q(z|x)] (lower bound)",
     "ais": "AIS with HMC (stochastic lower bound)",
@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "elbo_qstar": "ELBO of the per-datapoint optimal Gaussian q*",
     "gap_approximation": "approximation gap log p(x) - L[q*]",
     "gap_amortization": "amortization gap L[q*] - L[q]",
+    "nuts_reference": "NUTS reference posterior check (value: R-hat, not nats)",
 }
 
 
@@ -133,7 +134,7 @@ def _fmt(v, digits=2) -> str:
 SETTINGS = ("K", "num_blocks", "num_steps", "num_chains", "num_leapfrog", "schedule", "initial",
             "method", "log_px_from", "data")
 DIAGNOSTICS = ("khat_max", "khat_frac_above_0_7", "acceptance", "divergences", "ess_mean",
-               "sandwich_mean", "max_change")
+               "sandwich_mean", "max_change", "final_gain_max", "rhat_max", "ess_bulk_min")
 
 
 def table_rows(results: dict) -> list[list[str]]:

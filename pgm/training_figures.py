@@ -7,6 +7,8 @@
   the decoded grid of standard-normal quantiles
 - ``interpolation.png`` (when an autoencoder baseline is given): the path between two test
   images through code space, VAE above autoencoder
+- ``latent_sampler.png`` (VAE on images): decoded samples from z ~ N(0, I) beside z ~ a
+  Gaussian mixture fitted to the training codes
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def write_training_figures(run_dir: str | Path, model, data, history: list[dict]
                 plots.manifold(lambda c: model.decode(c.to(device)).mean, shape,
                                title=f"{name}: decoded latent manifold"),
                 fig_dir / "manifold.png"))
+    if model.name == "vae" and shape is not None:
+        from pgm.family_figures import latent_sampler_figure
+
+        written.append(plots.save_figure(latent_sampler_figure(model, data),
+                                         fig_dir / "latent_sampler.png"))
     if baseline is not None and shape is not None:
         baseline = baseline.eval()
         i, j = _far_apart(x[:100])

@@ -213,7 +213,8 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
             f"{html.escape(title or results['run'])}</title><style>{CSS}</style></head><body>"
             f"<h1>log p(x) report: {html.escape(results['run'])}</h1><p>{meta}</p>"
-            f"{_html_table(HEADER, table_rows(results))}<h2>Bound order</h2><ul>{checks}</ul>"
+            f"{_html_table(HEADER, table_rows(results))}<h2>Bound order</h2>"
+            f"<ul>{checks or '<li>nothing to check</li>'}</ul>"
             + "".join(_img(f) for f in figures) + "</body></html>")
 
 

@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "elbo_qstar": "ELBO of the per-datapoint optimal Gaussian q*",
     "gap_approximation": "approximation gap log p(x) - L[q*]",
     "gap_amortization": "amortization gap L[q*] - L[q]",
+    "gap_inference": "inference gap log p(x) - L[q] (the sum of both)",
     "nuts_reference": "NUTS reference posterior check (value: R-hat, not nats)",
 }
 

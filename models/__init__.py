@@ -3,11 +3,13 @@
 from pgm.errors import UnknownNameError
 
 from .cvae import CVAE, CVAEConfig, HalfImageCVAE
+from .gan import GAN, ExplicitGAN, GANConfig
 from .gmm import GMM, GMMConfig
 from .linear_gaussian import LinearGaussian, LinearGaussianConfig
 from .vae import VAE, Autoencoder, VAEConfig
 
-MODELS = {cls.name: cls for cls in (VAE, Autoencoder, LinearGaussian, GMM, CVAE, HalfImageCVAE)}
+MODELS = {cls.name: cls for cls in (VAE, Autoencoder, LinearGaussian, GMM, CVAE, HalfImageCVAE,
+                                       GAN)}
 
 
 def get_model_class(name: str):
@@ -18,6 +20,7 @@ def get_model_class(name: str):
 
 
 __all__ = [
-    "CVAE", "GMM", "MODELS", "VAE", "Autoencoder", "CVAEConfig", "GMMConfig", "HalfImageCVAE",
+    "CVAE", "GAN", "GMM", "MODELS", "VAE", "Autoencoder", "CVAEConfig", "ExplicitGAN",
+    "GANConfig", "GMMConfig", "HalfImageCVAE",
     "LinearGaussian", "LinearGaussianConfig", "VAEConfig", "get_model_class",
 ]

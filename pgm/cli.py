@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pgm.errors import PgmError
 
-TRAINABLE = ("vae", "ae", "gmm", "cvae")
+TRAINABLE = ("vae", "ae", "gmm", "cvae", "gan")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--gaps-n", type=int, default=100, help="datapoints for --gaps")
     e.add_argument("--prior-proposal", action="store_true",
                    help="also IWAE with p(z) as the proposal (shows why it fails)")
+    e.add_argument("--sample-quality", action="store_true",
+                   help="also Parzen window, nearest-neighbour distances and a Frechet "
+                        "distance in classifier features (always on for a GAN)")
     e.add_argument("--preset", default=None, choices=("burda2015", "wu2017", "cremer2018"),
                    help="a paper's protocol; its settings override the options above")
     e.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
@@ -139,6 +142,8 @@ def _train(args) -> int:
     data_name = Path(args.data).stem if Path(args.data).exists() else args.data
     out = Path(args.out or f"runs/{args.model}-{data_name}")
     progress = False if args.no_progress else None
+    if args.model == "gan":
+        return _train_gan(args, out, progress)
     if args.resume:
         saved = io.read_config(out)
         d = saved["data"]
@@ -175,6 +180,26 @@ def _train(args) -> int:
         print(f"best valid ELBO {best['valid_elbo']:.3f} nats at epoch {best['epoch']} "
               f"({sum(r['seconds'] for r in history):.1f} s of training)")
     print(f"run directory: {out}  ({len(figures)} figures in {out / 'figures'})")
+    return 0
+
+
+def _train_gan(args, out: Path, progress) -> int:
+    """The GAN trains adversarially (pgm.inference.adversarial), on grey values."""
+    from pgm import io
+    from pgm.data import load_dataset
+    from pgm.gan_figures import write_gan_figures
+    from pgm.inference.adversarial import train_gan
+
+    seed = io.read_config(out)["fit"]["seed"] if args.resume else args.seed
+    data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
+    settings = {} if args.lr is None else {"lr": args.lr}
+    gan, history = train_gan(data, out, epochs=args.epochs, seed=seed, device=args.device,
+                             resume=args.resume, progress=progress, **settings)
+    figures = write_gan_figures(out, gan, data, history)
+    print(f"trained {len(history)} epochs; D(real) {history[-1]['d_real']:.3f}, "
+          f"D(fake) {history[-1]['d_fake']:.3f} (no loss says how good a GAN is: "
+          f"look at {out / 'figures'}, or run `pgm evaluate {out}`)")
+    print(f"run directory: {out}  ({len(figures)} figures)")
     return 0
 
 
@@ -248,6 +273,14 @@ def _evaluate(args) -> int:
     d = run.config["data"]
     data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
                         valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
+    model, extra = run.model, {}
+    if run.config["model"] == "gan":  # no likelihood: measure its explicit Gaussian view
+        from pgm.models.gan import choose_sigma
+
+        choice = choose_sigma(run.model, data.x_valid, n=20, ais_steps=100, ais_chains=4,
+                              seed=args.seed)
+        model = run.model.as_explicit(choice.sigma)
+        extra["explicit_sigma"] = choice.sigma
     cfg = with_preset(EvalConfig(
         ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
@@ -255,9 +288,18 @@ def _evaluate(args) -> int:
         ais_schedule=args.ais_schedule, ais_n=args.ais_n, bdmc=args.bdmc, gaps=args.gaps,
         gaps_n=args.gaps_n, seed=args.seed, device=args.device), args.preset)
     device = resolve_device(cfg.device)
-    ev = evaluate(run.model, data, cfg, progress=_progress_bars(False if args.no_progress
-                                                                  else None))
-    results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device))
+    ev = evaluate(model, data, cfg, progress=_progress_bars(False if args.no_progress
+                                                              else None))
+    if args.sample_quality or run.config["model"] == "gan":
+        from pgm.inference.parzen import parzen_log_likelihood
+        from pgm.sample_quality import sample_quality
+
+        ev.estimators["parzen"] = parzen_log_likelihood(run.model, data, split=cfg.split,
+                                                        n=cfg.n, seed=cfg.seed)
+        extra["sample_quality"] = sample_quality(run.model, data, run_dir=args.run,
+                                                 seed=cfg.seed)
+    results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
+                               extra=extra)
     from pgm.report import table_rows
 
     for row in table_rows(results):

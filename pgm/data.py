@@ -59,7 +59,7 @@ ACCEPTED_FILE_FORMS = (
 )
 
 # Independent random streams derived from the user's seed (see _stream_seed).
-_SPLIT, _PINWHEEL, _BIN_TRAIN, _BIN_VALID, _BIN_TEST = range(5)
+_SPLIT, _PINWHEEL, _BIN_TRAIN, _BIN_VALID, _BIN_TEST, _GAUSS1D = range(6)
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,6 +258,20 @@ def _pinwheel_raw(seed: int) -> _Raw:
     return _Raw(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels), None, n_arms)
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss1d_raw(seed: int, bimodal: bool = False) -> _Raw:
+    """The 1-D toy of Goodfellow et al. (2014, Fig. 1): 5,000 draws of N(4, 0.5^2), or of the
+    two-mode mixture 0.5 N(2, 0.5^2) + 0.5 N(6, 0.5^2) (label = mode), drawn from seed."""
+    n, scale = 5000, 0.5
+    rng = np.random.default_rng(_stream_seed(seed, _GAUSS1D))
+    if not bimodal:
+        x = 4.0 + scale * rng.standard_normal((n, 1))
+        return _Raw(torch.from_numpy(x.astype(np.float32)), None, None, None)
+    labels = rng.integers(0, 2, n)
+    x = np.where(labels == 0, 2.0, 6.0)[:, None] + scale * rng.standard_normal((n, 1))
+    return _Raw(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels), None, 2)
+
+
 class _Named(NamedTuple):
     description: str
     load: Callable[[int], _Raw]  # seed -> raw data
@@ -275,6 +289,14 @@ _NAMED: dict[str, _Named] = {
     "pinwheel": _Named(
         "5,000 real-valued 2-D points on 5 curled pinwheel arms (label = arm), drawn from seed",
         _pinwheel_raw,
+    ),
+    "gauss1d": _Named(
+        "5,000 real-valued 1-D draws of N(4, 0.5^2) (the GAN paper's toy), drawn from seed",
+        _gauss1d_raw,
+    ),
+    "gauss1d-bimodal": _Named(
+        "5,000 real-valued 1-D draws of 0.5 N(2, 0.5^2) + 0.5 N(6, 0.5^2) (label = mode)",
+        lambda seed: _gauss1d_raw(seed, bimodal=True),
     ),
 }
 

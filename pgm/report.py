@@ -40,6 +40,7 @@ DESCRIPTIONS = {
     "gap_amortization": "amortization gap L[q*] - L[q]",
     "gap_inference": "inference gap log p(x) - L[q] (the sum of both)",
     "nuts_reference": "NUTS reference posterior check (value: R-hat, not nats)",
+    "parzen": "Parzen window on model samples (GAN paper's metric; not a bound)",
 }
 
 
@@ -220,12 +221,13 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
 
 
 def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str, device: str,
-                     world_size: int = 1) -> dict:
+                     world_size: int = 1, extra: dict | None = None) -> dict:
     """Write results.json, per_datapoint.npz, figures, report.md and report.html under
-    RUN/eval/; return the results dict."""
+    RUN/eval/; return the results dict. ``extra`` adds top-level keys (e.g. sample_quality)."""
     out = Path(run_dir) / "eval"
     results = results_dict(evaluation, run=str(run_dir), dataset=dataset, device=device,
                            world_size=world_size)
+    results.update(extra or {})
     buf = _io.BytesIO()
     np.savez(buf, index=evaluation.index.numpy(),
              **{k: e.per_datapoint.numpy() for k, e in evaluation.estimators.items()})

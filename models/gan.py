@@ -1,0 +1,371 @@
+r"""The generative adversarial network (Goodfellow et al. 2014) and its explicit view.
+
+A GAN has a generator :math:`G: z \mapsto x` with :math:`z \sim p(z)` (``"normal"``:
+N(0, I), or ``"uniform"``: U(-1, 1)^L as in the paper's toy) and a discriminator
+:math:`D: x \mapsto` logit of "x is real". There is no likelihood and no encoder: it is trained
+by the two-player game of :mod:`pgm.inference.adversarial`, and "no loss tells you how good the
+generator is" (the lecture). Architectures: ``"mlp"`` (any data; the generator's hidden sizes
+``hidden``, the discriminator's ``d_hidden``, default the reverse) and ``"dcgan"`` (Radford et
+al. 2016, scaled down for 28x28: Linear -> 2c x H/4 x W/4 -> two stride-2 transposed
+convolutions with batch norm in G; two stride-2 convolutions with leaky ReLU in D). The output
+activation is ``"sigmoid"`` for grey images in [0, 1] and ``"identity"`` for real data. The
+"sigmoid" output is computed as :math:`(1 + \tanh a) / 2 = \sigma(2a)` and the discriminator
+sees :math:`2x - 1`: the usual tanh GAN on data in [-1, 1] (Radford et al. 2016), in the data's
+own units. With a plain sigmoid and a discriminator on uncentred [0, 1] pixels, the same MLP
+GAN on mnist5k collapsed to one speckled image within 5 epochs (in pgm's loop and in a
+hand-written PyTorch loop alike), while the centred version learnt varied digits. For
+real data the discriminator sees standardised inputs :math:`(x - m) / s` (``data_loc`` m and
+``data_scale`` s, set from the training data by :func:`pgm.inference.adversarial.train_gan`).
+Without it a small ReLU discriminator on data far from the origin (the toy's N(4, 0.5^2)) has
+its kinks near x = 0 and is nearly linear over the data: it sees the mean but hardly the
+spread (the generator's std then missed the data's by up to 40% over seeds). The generator's
+output is left unscaled, so in the toy it starts near 0 and has to travel to the data.
+
+**The explicit view** (Wu, Burda, Salakhutdinov & Grosse 2017, "On the Quantitative Analysis of
+Decoder-Based Generative Models", https://arxiv.org/abs/1611.04273): adding Gaussian noise to
+the generator's output makes a latent-variable model with a density,
+
+.. math::
+
+    p_\sigma(x) = \int p(z)\, \mathcal N(x; G(z), \sigma^2 I)\, dz,
+
+which :meth:`GAN.as_explicit` returns as an :class:`ExplicitGAN` honouring the model/guide
+contract (:mod:`pgm.protocol`), so :func:`pgm.evaluation.evaluate`, IWAE and AIS measure it
+like any VAE. Choices made there:
+
+- **The latent is always standard normal.** For ``z_dist="normal"`` the contract's latent
+  ``u`` is z itself. For ``"uniform"`` it is :math:`u \sim N(0, I)` with
+  :math:`z = 2\Phi(u) - 1` (Φ the standard normal CDF), which is exactly U(-1, 1)^L, so
+  :math:`p_\sigma(x)` is unchanged while HMC (inside AIS) moves on an unbounded space with a
+  smooth density instead of hitting the box's walls.
+- **There is no encoder, so the guide is the prior**: ``encode(x) = p(u)`` whatever x. Then
+  IWAE_K is plain importance sampling from the prior, the "ELBO" is
+  :math:`E_{p(z)} \log p(x|z)` (a very loose bound), and AIS with ``initial="prior"`` (the
+  default of :class:`pgm.evaluation.EvalConfig`) starts where Wu et al. start. AIS, not IWAE,
+  is the number to trust for a GAN; ``reconstruct`` is meaningless (it decodes the prior mean).
+- **σ is not learned by the GAN.** :func:`choose_sigma` picks it on validation data, as Wu et
+  al. do: the σ with the highest estimated :math:`\log p_\sigma(x_{valid})`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from pgm.errors import DataError
+from pgm.likelihoods import make_likelihood
+from pgm.nets import activation
+from pgm.protocol import LatentVariableModel
+
+ARCHS = ("mlp", "dcgan")
+Z_DISTS = ("normal", "uniform")
+OUTPUTS = ("sigmoid", "identity")
+
+
+@dataclass
+class GANConfig:
+    data_dim: int
+    latent_dim: int = 64
+    hidden: tuple[int, ...] = (256, 512)  # generator (mlp)
+    d_hidden: tuple[int, ...] | None = None  # discriminator (mlp); None: reversed(hidden)
+    arch: str = "mlp"  # "mlp" or "dcgan" (images with sides divisible by 4)
+    image_shape: tuple[int, int] | None = None
+    z_dist: str = "normal"  # "normal": N(0, I); "uniform": U(-1, 1)^L
+    output: str = "sigmoid"  # "sigmoid" for [0, 1] images, "identity" for real data
+    activation: str = "leaky_relu"  # generator; a GAN's leaky ReLU has slope 0.2
+    d_activation: str = "leaky_relu"  # discriminator
+    d_dropout: float = 0.3  # dropout after each hidden layer of the mlp discriminator
+    channels: int = 32  # dcgan: channels of the 14x14 feature maps (2x at 7x7)
+    # real-valued data ("identity" output): D sees (x - data_loc) / data_scale, per dimension;
+    # train_gan sets them from the training data
+    data_loc: tuple[float, ...] | None = None
+    data_scale: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.data_dim < 1 or self.latent_dim < 1:
+            raise ValueError("data_dim and latent_dim must be positive")
+        for field, value, known in (("arch", self.arch, ARCHS), ("z_dist", self.z_dist, Z_DISTS),
+                                    ("output", self.output, OUTPUTS)):
+            if value not in known:
+                raise ValueError(f"unknown {field} {value!r}; known: {', '.join(known)}")
+        if not 0 <= self.d_dropout < 1:
+            raise ValueError(f"d_dropout must lie in [0, 1), got {self.d_dropout}")
+        for field in ("data_loc", "data_scale"):
+            value = getattr(self, field)
+            if value is not None:
+                if self.output != "identity":
+                    raise ValueError(f"{field} applies to output='identity' only")
+                if len(value) != self.data_dim:
+                    raise ValueError(f"{field} needs data_dim={self.data_dim} values")
+        if self.data_scale is not None and min(self.data_scale) <= 0:
+            raise ValueError("data_scale must be positive")
+        if self.arch == "dcgan":
+            if self.image_shape is None:
+                raise ValueError("arch='dcgan' needs image_shape")
+            h, w = self.image_shape
+            if h * w != self.data_dim:
+                raise ValueError(f"image_shape {self.image_shape} does not match data_dim")
+            if h % 4 or w % 4:
+                raise ValueError(f"dcgan needs image sides divisible by 4, got {self.image_shape}")
+
+
+class _Flat(nn.Module):
+    """Apply ``net`` (which wants (N, F) input) to (..., F), keeping the leading dims."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x.reshape(-1, x.shape[-1]))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _Affine(nn.Module):
+    """x -> loc + scale * x (or its inverse): the data standardisation of real-valued GANs."""
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, inverse: bool = False):
+        super().__init__()
+        self.register_buffer("loc", loc.float(), persistent=False)
+        self.register_buffer("scale", scale.float(), persistent=False)
+        self.inverse = inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.loc) / self.scale if self.inverse else self.loc + self.scale * x
+
+
+def _activation(name: str) -> nn.Module:
+    """:func:`pgm.nets.activation`, except that a GAN's leaky ReLU has slope 0.2 (DCGAN's)."""
+    return nn.LeakyReLU(0.2) if name == "leaky_relu" else activation(name)
+
+
+def _mlp(sizes: list[int], act: str, dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), _activation(act)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+def _dcgan_generator(c: GANConfig) -> nn.Module:
+    h, w = c.image_shape
+    ch = c.channels
+    return nn.Sequential(
+        nn.Linear(c.latent_dim, 2 * ch * (h // 4) * (w // 4)),
+        nn.BatchNorm1d(2 * ch * (h // 4) * (w // 4)), _activation(c.activation),
+        nn.Unflatten(1, (2 * ch, h // 4, w // 4)),
+        nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1),
+        nn.BatchNorm2d(ch), _activation(c.activation),
+        nn.ConvTranspose2d(ch, 1, 4, stride=2, padding=1),
+        nn.Flatten(),
+    )
+
+
+def _dcgan_discriminator(c: GANConfig) -> nn.Module:
+    h, w = c.image_shape
+    ch = c.channels
+    return nn.Sequential(
+        nn.Unflatten(1, (1, h, w)),
+        nn.Conv2d(1, ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(2 * ch * (h // 4) * (w // 4), 1),
+    )
+
+
+class GAN(nn.Module):
+    """Generator and discriminator. ``GAN(data_dim=784, latent_dim=32)``;
+    ``GAN(data_dim=1, latent_dim=1, hidden=(32, 32), z_dist="uniform", output="identity")``.
+    """
+
+    name = "gan"
+    Config = GANConfig
+    conditional = False
+
+    def __init__(self, config: GANConfig | None = None, **kwargs):
+        super().__init__()
+        self.config = config if config is not None else GANConfig(**kwargs)
+        c = self.config
+        self.data_dim, self.latent_dim = c.data_dim, c.latent_dim
+        if c.arch == "mlp":
+            g = _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation)
+            d_hidden = c.d_hidden if c.d_hidden is not None else tuple(reversed(c.hidden))
+            d = _mlp([c.data_dim, *d_hidden, 1], c.d_activation, c.d_dropout)
+        else:
+            g, d = _dcgan_generator(c), _dcgan_discriminator(c)
+        loc = torch.tensor(c.data_loc if c.data_loc is not None else [0.0] * c.data_dim)
+        scale = torch.tensor(c.data_scale if c.data_scale is not None else [1.0] * c.data_dim)
+        if c.output == "sigmoid":  # x = (1 + tanh(a)) / 2 in [0, 1]; D sees 2x - 1
+            half = torch.full((c.data_dim,), 0.5)
+            g, d = nn.Sequential(g, nn.Tanh(), _Affine(half, half)), nn.Sequential(
+                _Affine(half, half, inverse=True), d)
+        elif c.data_loc is not None or c.data_scale is not None:
+            d = nn.Sequential(_Affine(loc, scale, inverse=True), d)
+        self.generator, self.discriminator = _Flat(g), _Flat(d)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # device of the model
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    # ---- the two players -----------------------------------------------------------------
+    def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z ~ p(z), (n, L), on the model's device. A ``generator`` draws on the CPU."""
+        shape, dev = (n, self.latent_dim), (self.device if generator is None else "cpu")
+        if self.config.z_dist == "normal":
+            z = torch.randn(shape, generator=generator, device=dev)
+        else:
+            z = 2 * torch.rand(shape, generator=generator, device=dev) - 1
+        return z.to(self.device)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """G(z): (..., L) -> (..., D)."""
+        return self.generator(z)
+
+    def discriminate(self, x: torch.Tensor) -> torch.Tensor:
+        """The logit of D(x) = P(x is real): (..., D) -> (...)."""
+        return self.discriminator(x).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, *, mean: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws x = G(z), z ~ p(z), shape (n, D). ``y`` and ``mean`` are accepted for the
+        contract's signature; a GAN has no label and no observation noise."""
+        return self.generate(self.sample_z(n, generator))
+
+    def check_data(self, x: torch.Tensor, name: str = "x") -> None:
+        """Raise DataError if x is not (N, data_dim), not finite, or outside [0, 1] for a
+        sigmoid generator (it could never produce such data)."""
+        if x.ndim != 2 or x.shape[1] != self.data_dim:
+            raise DataError(f"{name} must have shape (N, {self.data_dim}) for this model, "
+                            f"got {tuple(x.shape)}")
+        n_bad = int((~torch.isfinite(x)).sum())
+        if n_bad:
+            raise DataError(f"{name} contains {n_bad} NaN or infinite values")
+        if self.config.output == "sigmoid" and len(x) and (x.min() < 0 or x.max() > 1):
+            raise DataError(f"{name} ranges over [{x.min().item():.3g}, {x.max().item():.3g}] "
+                            "but a sigmoid generator outputs [0, 1]; use output='identity' for "
+                            "real-valued data")
+
+    def as_explicit(self, sigma: float) -> ExplicitGAN:
+        """The contract view p(u) N(x; G(z(u)), sigma^2 I) sharing this GAN's generator."""
+        return ExplicitGAN(self, sigma)
+
+
+class ExplicitGAN(LatentVariableModel):
+    r"""A GAN's generator with Gaussian observation noise: an explicit latent-variable model.
+
+    ``prior(n)`` is :math:`N(0, I)` over the contract latent u; ``decode(u)`` is
+    :math:`N(G(z(u)), \sigma^2 I)` with z(u) = u (normal GANs) or :math:`2\Phi(u) - 1`
+    (uniform GANs); ``encode(x)`` is the prior (there is no encoder; see the module docstring).
+    The generator's parameters are shared with the GAN, not copied.
+    """
+
+    name = "gan-explicit"
+
+    def __init__(self, gan: GAN, sigma: float):
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.gan, self.sigma = gan, float(sigma)
+        self.config = gan.config
+        self.data_dim, self.latent_dim = gan.data_dim, gan.latent_dim
+        self.likelihood = make_likelihood("gaussian", scale=self.sigma)
+        self._init_prior(self.latent_dim)
+        self.to(gan.device)
+
+    def latent_to_z(self, u: torch.Tensor) -> torch.Tensor:
+        """The GAN's z from the standard-normal latent u (identity for normal GANs)."""
+        if self.config.z_dist == "uniform":
+            return 2 * torch.special.ndtr(u) - 1
+        return u
+
+    def encode(self, x, y=None):
+        return self.prior(x.shape[0])
+
+    def decode(self, z, y=None):
+        return self.likelihood(self.gan.generate(self.latent_to_z(z)))
+
+    def check_data(self, x, name="x"):
+        self.gan.check_data(x, name)
+
+
+# ----------------------------------------------------------------------------- choosing sigma
+
+
+class SigmaChoice(NamedTuple):
+    """The chosen sigma and the estimate of mean log p_sigma(x_valid) (nats) for each tried."""
+
+    sigma: float
+    sigmas: tuple[float, ...]
+    log_px: tuple[float, ...]  # mean over the validation points, per sigma
+    se: tuple[float, ...]
+    method: str
+    seconds: float
+
+
+def choose_sigma(gan: GAN, x_valid: torch.Tensor,
+                 sigmas=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5), *, method: str = "ais", n: int = 100,
+                 K: int = 1000, ais_steps: int = 200, ais_chains: int = 4,
+                 batch_size: int = 100, seed: int = 0) -> SigmaChoice:
+    r"""Pick the observation noise sigma of :meth:`GAN.as_explicit` on validation data.
+
+    For each sigma, estimate the mean :math:`\log p_\sigma(x)` over the first ``n`` rows of
+    ``x_valid`` and keep the best, as Wu et al. (2017) do. ``method="ais"`` (default):
+    AIS from the prior with ``ais_steps`` steps and ``ais_chains`` chains (a cheap setting of
+    the evaluation's AIS). ``method="iwae"``: importance sampling from the prior with K draws,
+    which is enough for 1-D toys but, in 784 dimensions with a small sigma, so loose that it
+    favours a large sigma; both are lower bounds, and the looseness grows as sigma shrinks, so
+    the choice leans large rather than small. Seeds are fixed so every sigma sees the same
+    random numbers. A best sigma on the edge of the grid warns. Cost: ``len(sigmas) *
+    ais_steps * 11`` generator passes over ``n * ais_chains`` rows (mnist5k, the default MLP,
+    n=20, 100 steps: about 4 s per sigma on one CPU thread).
+    """
+    from pgm.inference.adapter import latent_callables
+    from pgm.inference.ais import ais
+    from pgm.inference.bounds import log_importance_weights, log_mean_exp
+    from pgm.inference.schedules import sigmoid_schedule
+
+    if method not in ("ais", "iwae"):
+        raise ValueError(f"method must be 'ais' or 'iwae', got {method!r}")
+    sigmas = tuple(float(s) for s in sigmas)
+    if not sigmas or min(sigmas) <= 0:
+        raise ValueError(f"sigmas must be positive, got {sigmas}")
+    t0 = time.perf_counter()
+    x = x_valid[:n].to(gan.device)
+    was_training = gan.training
+    gan.eval()
+    means, ses = [], []
+    try:
+        for sigma in sigmas:
+            f = latent_callables(gan.as_explicit(sigma))
+            per = []
+            for lo in range(0, len(x), batch_size):
+                xb = x[lo:lo + batch_size]
+                torch.manual_seed(seed * 1_000_003 + lo)
+                if method == "iwae":
+                    per.append(log_mean_exp(log_importance_weights(f, xb, K, proposal="prior")))
+                else:
+                    gen = torch.Generator().manual_seed(seed * 1_000_003 + lo + 1)
+                    per.append(ais(f, xb, schedule=sigmoid_schedule(ais_steps),
+                                   num_chains=ais_chains, generator=gen).per_datapoint)
+            v = torch.cat([p.double().cpu() for p in per])
+            means.append(v.mean().item())
+            ses.append((v.std() / math.sqrt(len(v))).item() if len(v) > 1 else math.nan)
+    finally:
+        gan.train(was_training)
+    best = max(range(len(sigmas)), key=lambda i: means[i] if math.isfinite(means[i]) else -math.inf)
+    if len(sigmas) > 1 and sigmas[best] in (min(sigmas), max(sigmas)):
+        import warnings
+
+        warnings.warn(f"the best sigma {sigmas[best]:g} lies on the edge of the grid "
+                      f"[{min(sigmas):g}, {max(sigmas):g}]; widen it", stacklevel=2)
+    return SigmaChoice(sigmas[best], sigmas, tuple(means), tuple(ses), method,
+                       time.perf_counter() - t0)

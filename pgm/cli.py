@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--gaps-n", type=int, default=100, help="datapoints for --gaps")
     e.add_argument("--prior-proposal", action="store_true",
                    help="also IWAE with p(z) as the proposal (shows why it fails)")
+    e.add_argument("--no-exact", action="store_true",
+                   help="skip exact log p(x) (quadrature for a 2-D latent can take minutes)")
     e.add_argument("--sample-quality", action="store_true",
                    help="also Parzen window, nearest-neighbour distances and a Frechet "
                         "distance in classifier features (always on for a GAN)")
@@ -286,7 +288,8 @@ def _evaluate(args) -> int:
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
         ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
         ais_schedule=args.ais_schedule, ais_n=args.ais_n, bdmc=args.bdmc, gaps=args.gaps,
-        gaps_n=args.gaps_n, seed=args.seed, device=args.device), args.preset)
+        gaps_n=args.gaps_n, exact=not args.no_exact, seed=args.seed, device=args.device),
+        args.preset)
     device = resolve_device(cfg.device)
     ev = evaluate(model, data, cfg, progress=_progress_bars(False if args.no_progress
                                                               else None))

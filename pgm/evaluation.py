@@ -110,17 +110,19 @@ def _seed_batch(seed: int, start: int, stream: str) -> torch.Generator:
 
 def concat_estimates(parts: list[Estimate], extra: dict | None = None) -> Estimate:
     """One Estimate from batches: per-datapoint values concatenated, seconds summed; scalar
-    extras are n-weighted means (``*_min``/``*_max``: min/max; ints: sums, settings: first)."""
+    extras are n-weighted means (``*_min``/``*_max``: min/max; flags: all; settings: first)."""
     per = torch.cat([p.per_datapoint for p in parts])
     seconds = sum(p.seconds for p in parts)
     merged: dict = {}
     for key, value in parts[0].extra.items():
         values = [p.extra.get(key) for p in parts]
-        if isinstance(value, bool) or isinstance(value, str) or value is None:
+        if isinstance(value, bool):
+            merged[key] = all(values)  # e.g. converged: only if every batch converged
+        elif isinstance(value, str) or value is None:
             merged[key] = value
-        elif key.endswith("_min"):
+        elif key.endswith("_min") or key.startswith("min_"):
             merged[key] = min(values)
-        elif key.endswith("_max"):
+        elif key.endswith("_max") or key.startswith("max_"):
             merged[key] = max(values)
         elif key in ("divergences",):
             merged[key] = sum(values)

@@ -136,7 +136,8 @@ def _fmt(v, digits=2) -> str:
 SETTINGS = ("K", "num_blocks", "num_steps", "num_chains", "num_leapfrog", "schedule", "initial",
             "method", "log_px_from", "data")
 DIAGNOSTICS = ("khat_max", "khat_frac_above_0_7", "acceptance", "divergences", "ess_mean",
-               "sandwich_mean", "max_change", "final_gain_max", "rhat_max", "ess_bulk_min")
+               "sandwich_mean", "change_max", "converged_frac", "final_gain_max", "rhat_max",
+               "ess_bulk_min")
 
 
 def table_rows(results: dict) -> list[list[str]]:

@@ -80,9 +80,8 @@ def test_quadrature_matches_closed_form(L):
     assert (est.per_datapoint - exact).abs().max().item() < 1e-4
 
 
-def test_quadrature_finds_a_second_mode_by_widening():
+def test_quadrature_finds_both_modes_in_1d():
     # p(x, z) = c(x) * [0.3 N(z; -2, 0.3^2) + 0.7 N(z; 2.5, 0.4^2)]: log p(x) = log c(x).
-    # L-BFGS from 0 finds one mode; the other lies outside the first grid.
     log_c = torch.linspace(-3.0, 1.0, 4, dtype=F64)
 
     def log_joint(x, z):
@@ -99,6 +98,93 @@ def test_quadrature_finds_a_second_mode_by_widening():
     assert (est.per_datapoint - log_c).abs().max().item() < 1e-6
 
 
+def _mvn2(z, loc, sx, sy, rho):
+    """log N(z; loc, [[sx^2, rho sx sy], [rho sx sy, sy^2]]) for z (K, B, 2), params (B,)."""
+    dx, dy = (z[..., 0] - loc[:, 0]) / sx, (z[..., 1] - loc[:, 1]) / sy
+    q = (dx * dx - 2 * rho * dx * dy + dy * dy) / (1 - rho * rho)
+    return -0.5 * q - torch.log(2 * math.pi * sx * sy * torch.sqrt(1 - rho * rho))
+
+
+def _mixture_log_joint(x, z):
+    """log p(x, z) = c + log(w1 N(z; m1, S1) + w2 N(z; m2, S2)), all read from x's columns
+    (c, m1 (2), sx1, sy1, rho1, w1, m2 (2), sx2, sy2, rho2, w2): log p(x) = c + log(w1 + w2)."""
+    x, z = x.double(), z.double()
+    one = torch.log(x[:, 6]) + _mvn2(z, x[:, 1:3], x[:, 3], x[:, 4], x[:, 5])
+    two = torch.log(x[:, 12]) + _mvn2(z, x[:, 7:9], x[:, 9], x[:, 10], x[:, 11])
+    return torch.logaddexp(one, two) + x[:, 0]
+
+
+SEPARATED_MODES = torch.tensor(
+    [
+        # c,   m1,          sx1,  sy1,  rho1, w1,   m2,          sx2,  sy2,  rho2, w2
+        [0.0, -2.5, 1.5, 0.3, 0.15, 0.8, 0.3, 3.1, -2.2, 0.02, 0.02, 0.0, 0.7],  # 0 between
+        [-3.0, 4.0, 4.5, 0.2, 0.5, -0.5, 2.0, -4.3, 3.7, 0.02, 0.02, 0.0, 0.05],  # both far
+        [5.0, 1.23, 1.11, 0.02, 0.05, 0.9, 1.0, -1.31, 0.43, 0.02, 0.02, 0.0, 0.01],  # 1% mode
+        [1.0, 6.3, -1.0, 0.4, 0.4, 0.0, 1.0, -5.5, -5.7, 0.02, 0.02, 0.0, 0.5],  # past R = 6
+    ],
+    dtype=F64,
+)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_quadrature_finds_separated_modes_in_2d(dtype):
+    # Two Gaussian bumps, one of sd 0.02, with z = 0 between them or far from both, one mode
+    # holding 1% of the mass, one reaching out of the coarse search box [-6, 6]^2.
+    x = SEPARATED_MODES
+    exact = x[:, 0] + torch.log(x[:, 6] + x[:, 12])
+
+    def log_joint(x, z):
+        return _mixture_log_joint(x, z).to(dtype)
+
+    tol = 1e-5 if dtype == F64 else 1e-3
+    est = quadrature_log_marginal(log_joint, x.to(dtype), latent_dim=2, tol=tol)
+    assert est.extra["converged"] and est.extra["contained"]
+    assert est.extra["num_boxes"].tolist() == [2, 2, 2, 2]
+    assert (est.per_datapoint - exact).abs().max().item() < (1e-5 if dtype == F64 else 1e-4)
+
+
+def test_quadrature_resolves_a_narrow_mode_beside_a_broad_one():
+    # The narrow mode (sd 0.01 across) lies within the broad one's threshold region, so the
+    # two share a box: the grid must be refined to the narrow one's scale before converging.
+    x = torch.tensor(
+        [[-200.0, 0.05, -0.07, 0.01, 0.2, 0.3, 1.0, 2.6, 2.7, 0.3, 0.3, 0.0, 1.0]], dtype=F64
+    )
+    est = quadrature_log_marginal(_mixture_log_joint, x, latent_dim=2, tol=1e-3)
+    assert est.extra["converged"] and est.extra["num_points"] >= 256
+    assert abs(est.per_datapoint.item() - (-200.0 + math.log(2.0))) < 1e-4
+
+
+def test_quadrature_matches_a_dense_grid_on_a_small_vae():
+    # A random VAE (64-64-2, Bernoulli decoder with weights scaled up for sharp, non-Gaussian
+    # posteriors) against the midpoint rule on 600^2 points over [-8, 8]^2.
+    import pgm
+    from pgm.inference.adapter import latent_callables
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = pgm.VAE(data_dim=64, latent_dim=2, hidden=(64,))
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(4.0)
+    model.eval()
+    f = latent_callables(model)
+    x = pgm.load_dataset("digits").x_test[:4].float()
+    est = quadrature_log_marginal(f.log_joint, x, latent_dim=2, tol=1e-4)
+    assert est.extra["converged"]
+
+    n, R = 600, 8.0
+    h = 2 * R / n
+    axis = -R + h * (torch.arange(n, dtype=F64) + 0.5)
+    total = torch.full((4,), -math.inf, dtype=F64)
+    with torch.no_grad():
+        for start in range(0, n, 25):
+            z = torch.cartesian_prod(axis[start : start + 25], axis)[:, None, :].expand(-1, 4, -1)
+            values = f.log_joint(x, z.float()).double()
+            total = torch.logaddexp(total, torch.logsumexp(values, 0))
+    dense = total + 2 * math.log(h)
+    assert (est.per_datapoint - dense).abs().max().item() < 2e-3
+
+
 def test_quadrature_rejects_bad_settings():
     W, b, sigma, x, _ = linear_gaussian(L=2)
     f = linear_gaussian_callables(W, b, sigma)
@@ -106,6 +192,12 @@ def test_quadrature_rejects_bad_settings():
         quadrature_log_marginal(f.log_joint, x, latent_dim=3)
     with pytest.raises(DataError):
         quadrature_log_marginal(f.log_joint, x * math.nan, latent_dim=2)
+    with pytest.raises(ValueError, match="num_points"):
+        quadrature_log_marginal(f.log_joint, x, latent_dim=2, num_points=64, max_points=32)
+    with pytest.raises(ValueError, match="threshold"):
+        quadrature_log_marginal(f.log_joint, x, latent_dim=2, threshold=0.0)
+    with pytest.raises(ValueError, match="must return shape"):
+        quadrature_log_marginal(lambda x, z: f.log_joint(x, z)[:1], x, latent_dim=2)
 
 
 def test_quadrature_warns_when_not_converged():
@@ -113,7 +205,7 @@ def test_quadrature_warns_when_not_converged():
     f = linear_gaussian_callables(W, b, sigma)
     with pytest.warns(RuntimeWarning, match="did not converge"):
         est = quadrature_log_marginal(
-            f.log_joint, x, latent_dim=1, num_points=2, max_points=4, num_sd=1.0, tol=1e-9
+            f.log_joint, x, latent_dim=1, num_points=2, max_points=4, tol=1e-9
         )
     assert not est.extra["converged"]
 

@@ -114,3 +114,24 @@ def test_presets_are_recorded():
     assert cfg.preset == "wu2017" and cfg.ais_steps == 10_000 and cfg.bdmc
     with pytest.raises(ValueError, match="unknown preset"):
         with_preset(EvalConfig(), "nope")
+
+
+def test_every_estimator_passes_the_label_of_a_cvae():
+    """With the labels permuted, every estimator's per-datapoint values change: y goes in."""
+    from dataclasses import replace
+
+    from pgm.models import CVAE
+
+    data = pgm.load_dataset("digits")
+    torch.manual_seed(0)
+    model = CVAE(data_dim=64, latent_dim=2, hidden=(32,), n_classes=10)
+    pgm.fit(model, data, epochs=3, progress=False)
+    cfg = EvalConfig(ks=(1, 100), n=6, ais_steps=30, ais_n=6, bdmc=True, gaps=True, gaps_n=6,
+                     gaps_steps=30, posterior_check=0, device="cpu")
+    a = evaluate(model, data, cfg).estimators
+    shuffled = replace(data, y_test=(data.y_test + 1) % 10)
+    b = evaluate(model, shuffled, cfg).estimators
+    for name in ("elbo", "iwae_100", "ais", "exact", "bdmc_upper", "elbo_qstar"):
+        assert not torch.allclose(a[name].per_datapoint, b[name].per_datapoint), name
+    # the true label explains the images better than a wrong one
+    assert a["exact"].mean > b["exact"].mean

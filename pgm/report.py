@@ -243,13 +243,22 @@ def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str, device: s
 def comparison(results: list[dict]) -> tuple[str, str]:
     """One table over several runs' results.json: each estimator's mean ± SE (n)."""
     names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
+    quality = any("sample_quality" in r for r in results)
     header = ["run", "dataset", *names]
+    if quality:
+        header += ["NN distance samples/test", "Fréchet (samples vs train)"]
     rows = []
     for r in results:
         cells = []
         for n in names:
             s = r["estimators"].get(n)
             cells.append("–" if s is None else f"{s['mean']:.2f} ± {_fmt(s['se'])} ({s['n']})")
+        if quality:
+            q = r.get("sample_quality")
+            fd = q and q["frechet"]
+            cells += ["–", "–"] if q is None else [
+                f"{q['nearest_neighbour']['ratio']:.2f}",
+                f"{fd['samples_vs_train']:.2f} (test: {fd['test_vs_train']:.2f})"]
         rows.append([r["run"], r["dataset"], *cells])
     md = ("# Comparison of runs\n\nnats per datapoint, mean ± SE (n)\n\n"
           + _md_table(header, rows) + "\n")

@@ -135,3 +135,18 @@ def test_every_estimator_passes_the_label_of_a_cvae():
         assert not torch.allclose(a[name].per_datapoint, b[name].per_datapoint), name
     # the true label explains the images better than a wrong one
     assert a["exact"].mean > b["exact"].mean
+
+
+def test_comparison_table_has_a_column_per_estimator_and_sample_quality():
+    from pgm.report import comparison
+
+    est = {"mean": -1.0, "se": 0.1, "n": 10, "seconds": 0.1}
+    a = {"run": "a", "dataset": "d", "estimators": {"elbo": est, "ais": est}}
+    b = {"run": "b", "dataset": "d", "estimators": {"exact": est},
+         "sample_quality": {"nearest_neighbour": {"ratio": 1.25},
+                            "frechet": {"samples_vs_train": 3.0, "test_vs_train": 1.0}}}
+    md, page = comparison([a, b])
+    header = md.splitlines()[4]
+    for col in ("elbo", "ais", "exact", "NN distance", "Fréchet"):
+        assert col in header
+    assert "1.25" in md and "3.00 (test: 1.00)" in md and "<table>" in page

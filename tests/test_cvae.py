@@ -29,12 +29,7 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def validation():
-    pyro.enable_validation(True)
-    pyro.set_rng_seed(0)
-    yield
-    pyro.enable_validation(False)
+pytestmark = pytest.mark.usefixtures("pyro_validation")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ explicit view honours the contract and is measurable, runs save and resume exact
 import json
 import math
 
-import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -161,20 +160,12 @@ def test_k_discriminator_steps_per_generator_step(gauss1d):
 # ----------------------------------------------------------------------------- explicit view
 
 
-@pytest.fixture
-def validation():
-    pyro.enable_validation(True)
-    pyro.set_rng_seed(0)
-    yield
-    pyro.enable_validation(False)
-
-
 @pytest.mark.parametrize("config", [
     dict(data_dim=6, latent_dim=3, hidden=(16,), output="identity"),
     dict(data_dim=6, latent_dim=2, hidden=(16,), z_dist="uniform", output="sigmoid"),
     dict(data_dim=784, latent_dim=4, arch="dcgan", image_shape=(28, 28), channels=4),
 ])
-def test_explicit_view_honours_the_contract(config, validation):
+def test_explicit_view_honours_the_contract(config, pyro_validation):
     gan = GAN(**config).eval()
     model = gan.as_explicit(0.1)
     x = torch.rand(5, config["data_dim"])

@@ -6,7 +6,6 @@ import itertools
 import math
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
@@ -25,12 +24,7 @@ MEANS = torch.tensor([[-6.0, 0.0], [6.0, 0.0], [0.0, 7.0]])
 SCALES = torch.tensor([[0.5, 1.0], [1.0, 0.5], [0.7, 0.7]])
 
 
-@pytest.fixture(autouse=True)
-def validation():
-    pyro.enable_validation(True)
-    pyro.set_rng_seed(0)
-    yield
-    pyro.enable_validation(False)
+pytestmark = pytest.mark.usefixtures("pyro_validation")
 
 
 def _mixture_data(n: int, seed: int = 0) -> torch.Tensor:

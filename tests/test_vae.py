@@ -1,6 +1,5 @@
 """The VAE and autoencoder honour the model/guide contract; the lecture's regulariser is the KL."""
 
-import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -17,12 +16,7 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def validation():
-    pyro.enable_validation(True)
-    pyro.set_rng_seed(0)
-    yield
-    pyro.enable_validation(False)
+pytestmark = pytest.mark.usefixtures("pyro_validation")
 
 
 @pytest.mark.parametrize("cls", [VAE, Autoencoder])

@@ -8,8 +8,9 @@ reading, the lecture's regulariser :math:`\sum_i (e^{s_i} - (1 + s_i) + m_i^2)` 
 :math:`2\,\mathrm{KL}(q(z|x) \,\|\, \mathcal N(0, I))` (tests/test_vae.py checks it).
 
 The :class:`Autoencoder` uses the same networks with a Delta guide: the code carries no
-noise, so its ELBO is log p(x | m(x)) + log p(m(x)) and nothing makes the space between
-codes decode to sensible images.
+noise, so its training objective is log p(x | m(x)) + log p(m(x)) -- a joint density at one point,
+not a bound on log p(x) -- and nothing makes the space between codes decode to sensible
+images. As a generative model p(z) p(x|z) it is measured by AIS and exact values only.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Autoencoder(VAE):
     """The same networks with a Delta guide q(z|x) = delta(z - m(x)): no noise on the code."""
 
     name = "ae"
+    point_guide = True
 
     def encode(self, x, y=None):
         m, _ = self.encode_params(x, y)

@@ -185,7 +185,8 @@ def evaluate(model, data, config: EvalConfig | None = None, *,
 
     # ---- ELBO and IWAE_K from one set of max(ks) weights per datapoint --------------------
     ks = sorted(set(cfg.ks))
-    if not model.enumerated:  # an enumerated model's guide has no latent site to sample
+    # an enumerated model's guide has no latent site to sample; a point-mass guide no density
+    if not model.enumerated and not model.point_guide:
         for lo, hi in _batches(n, cfg.batch_size):
             _seed_batch(cfg.seed, lo, "iwae")
             t0 = time.perf_counter()
@@ -231,7 +232,7 @@ def evaluate(model, data, config: EvalConfig | None = None, *,
         estimators["bdmc_lower"], estimators["bdmc_upper"] = lower, upper
 
     # ---- gaps ------------------------------------------------------------------------------
-    if cfg.gaps and model.reparameterized:
+    if cfg.gaps and model.reparameterized and not model.point_guide:
         estimators.update(_gaps(estimators, x_all, cfg, bind, report))
 
     figures = {}

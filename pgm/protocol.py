@@ -43,6 +43,10 @@ class LatentVariableModel(nn.Module):
     #: True when encode(x).rsample() is differentiable, so the ELBO has a reparameterized
     #: fast path (proven equal to Trace_ELBO in tests/test_objectives.py).
     reparameterized: ClassVar[bool] = True
+    #: True when q(z|x) is a point mass (the autoencoder). A Dirac has no density on R^L, so
+    #: "log q" is not defined and neither the ELBO nor the IWAE bound bounds log p(x): the
+    #: estimators skip them (and the gaps), while AIS from the prior and exact values apply.
+    point_guide: ClassVar[bool] = False
     latent_dim: int
     data_dim: int
     likelihood: Likelihood

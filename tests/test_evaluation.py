@@ -150,3 +150,21 @@ def test_comparison_table_has_a_column_per_estimator_and_sample_quality():
     for col in ("elbo", "ais", "exact", "NN distance", "Fréchet"):
         assert col in header
     assert "1.25" in md and "3.00 (test: 1.00)" in md and "<table>" in page
+
+
+def test_a_point_mass_guide_gets_no_elbo_or_iwae_but_ais_and_exact(tmp_path):
+    """The autoencoder's Delta guide has no density: "log q" = 0 would make its "ELBO"
+    log p(x, m(x)), which can exceed log p(x). evaluate() reports only AIS and exact for it,
+    and AIS agrees with the quadrature on the same datapoints."""
+    torch.manual_seed(0)
+    x = (torch.rand(400, 12) < 0.3).float()
+    data = _dataset(x)
+    ae = pgm.Autoencoder(data_dim=12, latent_dim=2, hidden=(16,))
+    pgm.fit(ae, data, epochs=3, patience=None, progress=False)
+    ev = evaluate(ae, data, EvalConfig(ks=(1, 10), n=10, ais_steps=200, ais_n=10,
+                                       ais_chains=8, posterior_check=0, device="cpu"))
+    assert not any(k.startswith(("elbo", "iwae")) for k in ev.estimators)
+    assert {"ais", "exact"} <= set(ev.estimators)
+    _check_le(ev.estimators["ais"], ev.estimators["exact"], slack=0.05)
+    gap = (ev.estimators["exact"].per_datapoint - ev.estimators["ais"].per_datapoint).abs()
+    assert gap.mean() < 0.2

@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sample-quality", action="store_true",
                    help="also Parzen window, nearest-neighbour distances and a Frechet "
                         "distance in classifier features (always on for a GAN)")
+    e.add_argument("--posterior-check", type=int, default=3,
+                   help="2-D latent: datapoints whose q(z|x) is drawn against a NUTS reference "
+                        "posterior (default 3; 0 = off)")
     e.add_argument("--preset", default=None, choices=("burda2015", "wu2017", "cremer2018"),
                    help="a paper's protocol; its settings override the options above")
     e.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
@@ -123,6 +126,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run directories with eval/results.json")
     r.add_argument("--out", default="reports/comparison",
                    help="path stem for the .md and .html (default reports/comparison)")
+
+    q = sub.add_parser("quickstart", help="train a VAE, an autoencoder, a GMM, a CVAE and a "
+                                          "GAN, evaluate them all, write one comparison report")
+    q.add_argument("--out", default="runs/quickstart", help="directory (default runs/quickstart)")
+    q.add_argument("--data", default="mnist5k", help="dataset with labels (default mnist5k)")
+    q.add_argument("--size", default="default", choices=("default", "small"),
+                   help="default: about ten minutes on 2 CPU cores; small: a smoke test")
+    q.add_argument("--seed", type=int, default=0, help="random seed")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    q.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("datasets", help="list the built-in datasets and accepted files")
     return p
@@ -288,7 +301,8 @@ def _evaluate(args) -> int:
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
         ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
         ais_schedule=args.ais_schedule, ais_n=args.ais_n, bdmc=args.bdmc, gaps=args.gaps,
-        gaps_n=args.gaps_n, exact=not args.no_exact, seed=args.seed, device=args.device),
+        gaps_n=args.gaps_n, exact=not args.no_exact, posterior_check=args.posterior_check,
+        seed=args.seed, device=args.device),
         args.preset)
     device = resolve_device(cfg.device)
     ev = evaluate(model, data, cfg, progress=_progress_bars(False if args.no_progress
@@ -336,6 +350,34 @@ def _report(args) -> int:
     return 0
 
 
+def _quickstart(args) -> int:
+    import time
+
+    from pgm.quickstart import finished, mark_finished, plan, write_report
+
+    steps = plan(args.out, data=args.data, size=args.size, device=args.device, seed=args.seed,
+                 progress=not args.no_progress)
+    t_start = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        head = f"[{i}/{len(steps)}] {step.title}"
+        if step.command() in finished(args.out):
+            print(f"{head}: finished earlier, skipped")
+            continue
+        print(f"{head}\n  $ {step.command()}", flush=True)
+        t0 = time.perf_counter()
+        code = main(step.argv_now())
+        if code:
+            print(f"pgm quickstart: step {i} failed; run `pgm quickstart` again (with the same "
+                  "options) to continue from there", file=sys.stderr)
+            return code
+        mark_finished(args.out, step)
+        print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    paths = write_report(args.out, steps)
+    print(f"quickstart done in {time.perf_counter() - t_start:.0f} s; open {paths[0]} "
+          f"(also {paths[1].name}, {paths[2].name})")
+    return 0
+
+
 def _datasets(args) -> int:
     from pgm.data import available_datasets
 
@@ -348,7 +390,7 @@ def _datasets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
-               "datasets": _datasets}[args.command]
+               "quickstart": _quickstart, "datasets": _datasets}[args.command]
     try:
         return handler(args)
     except (PgmError, ValueError, RuntimeError) as e:

@@ -163,7 +163,7 @@ def evaluate(model, data, config: EvalConfig | None = None, *,
 
     ``progress(stage, done, total)`` is called as work advances (the CLI draws bars from it).
     """
-    from pgm.inference.diagnostics import psis_khat
+    from pgm.inference.diagnostics import MIN_PSIS_SAMPLES, psis_khat
 
     cfg = config or EvalConfig()
     device = resolve_device(cfg.device)
@@ -194,7 +194,8 @@ def evaluate(model, data, config: EvalConfig | None = None, *,
             for k, est in iwae_from_log_weights(log_w, ks,
                                                 seconds=time.perf_counter() - t0).items():
                 out.setdefault(f"iwae_{k}", []).append(est)
-            khat.append(psis_khat(log_w))
+            if ks[-1] >= MIN_PSIS_SAMPLES:  # fewer draws are too few to fit a Pareto tail
+                khat.append(psis_khat(log_w))
             if cfg.prior_proposal:
                 _seed_batch(cfg.seed, lo, "iwae_prior")
                 t0 = time.perf_counter()

@@ -1,0 +1,148 @@
+r"""``pgm quickstart``: the library's whole story in one command.
+
+On one dataset (mnist5k by default) it trains a VAE and the autoencoder beside it, a Gaussian
+mixture, a conditional VAE and a GAN; evaluates every one with the same estimators of log p(x)
+on the same test images; and writes one comparison report under ``runs/quickstart/``:
+``report.html`` (self-contained: the table and each model's figures), ``report.md`` and
+``comparison.json`` (every run's ``eval/results.json``, with the commands that made it).
+
+Each step is an ordinary ``pgm`` command line (:func:`plan` lists them), printed before it
+runs, so a user can rerun or vary any of them. Finished steps are recorded in
+``quickstart.json`` and skipped when the quickstart runs again, and a training step that was
+interrupted continues from its checkpoint: an interrupted quickstart goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgm import io
+
+SIZES = ("default", "small")
+
+#: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
+#: "default" takes about ten minutes on 2 CPU cores; "small" is for tests and smoke runs.
+SETTINGS = {
+    "default": {"epochs": 30, "gan_epochs": 60, "components": 100, "n": 200,
+                "k": "1,10,100,1000", "ais_n": 20, "ais_steps": 300, "ais_chains": 8,
+                "posterior_check": 3},
+    "small": {"epochs": 2, "gan_epochs": 2, "components": 10, "n": 20,
+              "k": "1,10", "ais_n": 4, "ais_steps": 20, "ais_chains": 2, "posterior_check": 0},
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``pgm`` command line and the run directory it writes."""
+
+    title: str
+    argv: tuple[str, ...]
+    run: Path
+
+    def command(self) -> str:
+        return "pgm " + " ".join(self.argv)
+
+    def argv_now(self) -> list[str]:
+        """The command line to run now: a training step resumes from its checkpoint."""
+        resume = self.argv[0] == "train" and (self.run / io.CHECKPOINT).is_file()
+        return [*self.argv, "--resume"] if resume else list(self.argv)
+
+
+DONE = "quickstart.json"
+
+
+def finished(out: str | Path) -> set[str]:
+    """The commands of the steps that have finished in ``out``."""
+    path = Path(out) / DONE
+    return set(json.loads(path.read_text())["finished"]) if path.is_file() else set()
+
+
+def mark_finished(out: str | Path, step: Step) -> None:
+    io.atomic_write_json(Path(out) / DONE,
+                         {"finished": sorted(finished(out) | {step.command()})})
+
+
+@dataclass(frozen=True)
+class Model:
+    """A run of the quickstart: its name in the report, its run directory and its figures."""
+
+    label: str
+    run: Path
+    figures: tuple[str, ...]
+
+
+def models(out: Path) -> list[Model]:
+    """The runs the quickstart makes, in the order of the report."""
+    return [
+        Model("VAE", out / "vae", ("samples.png", "manifold.png", "interpolation.png")),
+        Model("autoencoder", out / "vae" / "ae-baseline", ()),
+        Model("Gaussian mixture", out / "gmm", ("samples.png", "components.png")),
+        Model("conditional VAE", out / "cvae", ("class_samples.png", "style_transfer.png")),
+        Model("GAN", out / "gan", ("samples.png", "training_curves.png")),
+    ]
+
+
+def plan(out: str | Path = "runs/quickstart", *, data: str = "mnist5k", size: str = "default",
+         device: str = "auto", seed: int = 0, progress: bool = True) -> list[Step]:
+    """The quickstart's steps: train each model, evaluate each run, nothing else."""
+    if size not in SETTINGS:
+        raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
+    s, out = SETTINGS[size], Path(out)
+    common = ("--data", data, "--seed", str(seed), "--device", device)
+    quiet = () if progress else ("--no-progress",)
+    vae, ae, gmm, cvae, gan = (m.run for m in models(out))
+
+    def train(title, model, run, *extra):
+        return Step(title, ("train", model, *common, "--out", str(run), *extra, *quiet), run)
+
+    epochs = ("--epochs", str(s["epochs"]))
+    steps = [
+        train("VAE (2-D latent) and the autoencoder beside it", "vae", vae, "--latent-dim", "2",
+              *epochs),
+        train("Gaussian mixture", "gmm", gmm, "--components", str(s["components"]), *epochs),
+        train("conditional VAE", "cvae", cvae, "--latent-dim", "2", *epochs),
+        train("GAN", "gan", gan, "--epochs", str(s["gan_epochs"])),
+    ]
+    estimators = ("--n", str(s["n"]), "--k", s["k"], "--ais-n", str(s["ais_n"]),
+                  "--ais-steps", str(s["ais_steps"]), "--ais-chains", str(s["ais_chains"]),
+                  "--posterior-check", str(s["posterior_check"]),
+                  "--sample-quality", "--seed", str(seed), "--device", device, *quiet)
+    for m in models(out):
+        steps.append(Step(f"evaluate the {m.label}", ("evaluate", str(m.run), *estimators),
+                          m.run))
+    return steps
+
+
+def write_report(out: str | Path, steps: list[Step]) -> list[Path]:
+    """``report.html``, ``report.md`` and ``comparison.json`` over the quickstart's runs."""
+    from pgm.report import CSS, _img, comparison
+
+    out = Path(out)
+    runs = [m for m in models(out) if (m.run / "eval" / "results.json").is_file()]
+    results = [json.loads((m.run / "eval" / "results.json").read_text()) for m in runs]
+    for m, r in zip(runs, results):
+        r["label"] = m.label
+    md, page = comparison(results)
+    table_html = page.split("<body>", 1)[1].rsplit("</body>", 1)[0]
+    sections, md_figs = [], []
+    for m in runs:
+        paths = [m.run / "figures" / f for f in m.figures if (m.run / "figures" / f).is_file()]
+        evaluation = m.run / "eval" / "figures" / "bounds_vs_k.png"
+        paths += [evaluation] if evaluation.is_file() else []
+        sections.append(f"<h2>{m.label}</h2><p>run <code>{m.run}</code>, full report "
+                        f"<code>{m.run / 'eval' / 'report.html'}</code></p>"
+                        + "".join(_img(p) for p in paths))
+        md_figs += [f"## {m.label}", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in paths]
+    commands = "".join(f"<li><code>{s.command()}</code></li>" for s in steps)
+    html = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>pgm quickstart</title>"
+            f"<style>{CSS}</style></head><body><h1>pgm quickstart</h1>{table_html}"
+            + "".join(sections) + f"<h2>Commands</h2><ol>{commands}</ol></body></html>")
+    md += "\n" + "\n".join(md_figs) + "\n\n## Commands\n\n" + "\n".join(
+        f"1. `{s.command()}`" for s in steps) + "\n"
+    payload = {"schema": "pgm-quickstart", "version": 1,
+               "commands": [s.command() for s in steps], "runs": results}
+    return [io.atomic_write_text(out / "report.html", html),
+            io.atomic_write_text(out / "report.md", md),
+            io.atomic_write_json(out / "comparison.json", payload)]

@@ -1,0 +1,62 @@
+"""`pgm quickstart` end to end at its small size on the digits set."""
+
+import json
+
+import pytest
+
+from pgm.cli import main
+from pgm.quickstart import finished, models, plan
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    assert main(["quickstart", "--size", "small", "--data", "digits", "--out", str(out),
+                 "--no-progress"]) == 0
+    return out
+
+
+def test_every_model_is_trained_evaluated_and_in_one_report(quickstart):
+    payload = json.loads((quickstart / "comparison.json").read_text())
+    labels = [r["label"] for r in payload["runs"]]
+    assert labels == ["VAE", "autoencoder", "Gaussian mixture", "conditional VAE", "GAN"]
+    by_label = {r["label"]: r["estimators"] for r in payload["runs"]}
+    # the same estimators on the same test images: exact where it exists, AIS elsewhere
+    assert {"elbo", "iwae_10", "ais", "exact"} <= set(by_label["VAE"])
+    assert {"ais", "exact"} <= set(by_label["autoencoder"])
+    assert not any(k.startswith(("elbo", "iwae")) for k in by_label["autoencoder"])
+    assert by_label["Gaussian mixture"]["exact"]["method"] == "enumeration"
+    assert {"elbo", "ais", "parzen"} <= set(by_label["GAN"])
+    assert len({r["n"] for r in payload["runs"]}) == 1
+    assert all("sample_quality" in r for r in payload["runs"])
+    html = (quickstart / "report.html").read_text()
+    assert html.count("<img") >= 5 and "pgm train vae" in html
+    md = (quickstart / "report.md").read_text()
+    assert "| ais | exact |" in md
+    assert all(f"## {label}" in md for label in labels)
+
+
+def test_a_second_run_skips_finished_steps(quickstart, capsys):
+    assert main(["quickstart", "--size", "small", "--data", "digits", "--out", str(quickstart),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == len(plan(quickstart, size="small"))
+
+
+def test_an_interrupted_training_step_resumes_from_its_checkpoint(tmp_path):
+    steps = plan(tmp_path, size="small", data="digits")
+    train_vae = steps[0]
+    assert train_vae.argv_now()[-1] != "--resume"
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "checkpoint.pt").write_bytes(b"")
+    assert train_vae.argv_now()[-1] == "--resume"
+    assert steps[-1].argv_now() == list(steps[-1].argv)  # evaluation simply reruns
+    assert finished(tmp_path) == set()
+
+
+def test_the_plan_uses_one_evaluation_for_every_model(tmp_path):
+    steps = plan(tmp_path)
+    evaluations = [s.argv[2:] for s in steps if s.argv[0] == "evaluate"]
+    assert len(evaluations) == len(models(tmp_path)) and len(set(evaluations)) == 1
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        plan(tmp_path, size="huge")

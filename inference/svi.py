@@ -252,5 +252,6 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
         bar.set_postfix(train=f"{train_elbo:.2f}", valid=f"{valid_elbo:.2f}")
         if stop:
             break
+    dist.barrier()  # every rank returns once rank 0 has written the run directory
     model.load_state_dict(best_state)
     return history

@@ -79,6 +79,12 @@ def close() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (a no-op in one process)."""
+    if active():
+        dist.barrier()
+
+
 def shard(items: Sequence[T] | torch.Tensor) -> Sequence[T] | torch.Tensor:
     """This rank's contiguous part of ``items``: ``items[n r // W : n (r+1) // W]``.
 

@@ -298,6 +298,11 @@ def _evaluate(args) -> int:
         gaps_n=args.gaps_n, exact=not args.no_exact, seed=args.seed, device=args.device),
         args.preset)
     device = resolve_device(cfg.device)
+    n_ais, world = min(cfg.ais_n, cfg.n), distributed.world_size()
+    if distributed.is_main() and cfg.ais_steps and 0 < -(-n_ais // cfg.batch_size) < world:
+        print(f"note: AIS's {n_ais} datapoints make fewer batches of {cfg.batch_size} than the "
+              f"{world} ranks, so some ranks idle; a smaller --batch-size spreads them (values "
+              "depend on --batch-size, not on the number of ranks)", file=sys.stderr)
     ev = evaluate(model, data, cfg, progress=_progress_bars(
         False if args.no_progress or not distributed.is_main() else None))
     if not distributed.is_main():

@@ -316,7 +316,7 @@ def _evaluate(args) -> int:
         extra["sample_quality"] = sample_quality(run.model, data, run_dir=args.run,
                                                  seed=cfg.seed)
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
-                               world_size=distributed.world_size(), extra=extra)
+                               world_size=world, extra=extra)
     from pgm.report import table_rows
 
     for row in table_rows(results):

@@ -10,7 +10,7 @@ Training (:func:`pgm.fit`) is data parallel: every rank holds the whole model, t
 ``batch_size / W`` of each global batch of ``batch_size``, and
 :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients, which makes a
 step the step of one process on the union of the ranks' batches. Evaluation
-(:func:`pgm.evaluate`) gives each rank a contiguous run of whole batches and gathers the
+(:func:`pgm.evaluation.evaluate`) gives each rank a contiguous run of whole batches and gathers the
 per-datapoint results in index order.
 """
 

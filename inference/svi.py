@@ -7,6 +7,15 @@ a learning-rate schedule, gradient clipping, a validation ELBO each epoch, early
 with best-weights restore, and -- given a run directory -- an atomic checkpoint each epoch
 from which ``resume=True`` continues to the same result as an uninterrupted run.
 
+Under ``torchrun`` (a process group joined by :func:`pgm.distributed.init`) the same loop is
+data parallel over W ranks: each epoch's permutation (shared seed) is padded by wrapping
+around to a multiple of W, as DistributedSampler does; each global batch of ``batch_size``
+is split into W equal contiguous parts; the loss runs through DistributedDataParallel
+(gradients averaged, so a step is one process's step on the union of the parts); each rank
+draws its noise from (seed, epoch, rank); the validation set is sharded; the epoch's ELBOs
+are summed over ranks; a NaN on any rank stops every rank; only rank 0 writes the run
+directory. A run resumes on any number of ranks.
+
 The loop is written out in full below (nanoGPT style): read it to know what happens.
 """
 
@@ -22,6 +31,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pgm import distributed as dist
 from pgm import io
 from pgm.config import from_dict, to_dict
 from pgm.device import resolve_device
@@ -104,6 +114,11 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
     cfg = replace(config or FitConfig(), **overrides) if overrides else (config or FitConfig())
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
+    world, rank = dist.world_size(), dist.rank()
+    writes = out is not None and rank == 0
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {world} ranks; "
+                         f"use a multiple of {world}")
     conditional = getattr(model, "conditional", False)
 
     x_train, x_valid = data.x_train.to(device), data.x_valid.to(device)
@@ -143,18 +158,22 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
                                   "continue it, or choose another output directory")
         pyro.set_rng_seed(cfg.seed)
         model.initialize(x_train, y_train)
-        if out is not None:
+        if writes:
             io.atomic_write_json(out / io.CONFIG, {
                 "format": io.RUN_FORMAT, "version": io.RUN_VERSION, "model": model.name,
                 "model_config": to_dict(model.config), "data": data.describe(),
                 "fit": to_dict(cfg), "device": str(device), "versions": io.versions()})
 
-    n = len(x_train)
+    n, has_valid = len(x_train), len(x_valid) > 0
+    if world > 1:  # after init/resume: DDP broadcasts rank 0's weights
+        loss_fn = dist.data_parallel(model, loss_fn)
+        x_valid = dist.shard(x_valid)
+        y_valid = None if y_valid is None else dist.shard(y_valid)
     if cfg.patience is not None and bad_epochs >= cfg.patience:  # resumed a run that had stopped
         start_epoch = cfg.epochs
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
                desc=f"fit {model.name}", unit="epoch",
-               disable=None if progress is None else not progress)  # None: only on a terminal
+               disable=rank > 0 or (None if progress is None else not progress))
     for epoch in bar:
         beta = min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else 1.0
         lr = opt.param_groups[0]["lr"]
@@ -163,9 +182,14 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
         perm = torch.randperm(n, generator=gen).to(device)
         xe = binarize_dynamic(data.x_train, gen).to(device) if data.binarize == "dynamic" \
             else x_train
+        if world > 1:
+            perm = perm.repeat(world)[:-(-n // world) * world]  # wrap around to a multiple of W
+            torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + rank)
         total = torch.zeros((), device=device)
-        for step, i in enumerate(range(0, n, cfg.batch_size)):
+        for step, i in enumerate(range(0, len(perm), cfg.batch_size)):
             idx = perm[i:i + cfg.batch_size]
+            if world > 1:
+                idx = dist.shard(idx)
             cause = None
             try:
                 loss = loss_fn(xe[idx], None if y_train is None else y_train[idx], beta)
@@ -173,10 +197,13 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
                 if "invalid values" not in str(e):
                     raise
                 loss, cause = torch.tensor(math.nan), e
-            if not torch.isfinite(loss):  # one sync per step: stop before NaN reaches weights
+            # one sync per step (under DDP an all-reduce): stop before NaN reaches weights
+            failed = dist.first_failed_rank(torch.isfinite(loss))
+            if failed is not None:
                 where = f"; the last good checkpoint is kept in {out}" if out is not None else ""
+                what = f"{loss.item()}" if world == 1 else f"non-finite on rank {failed} of {world}"
                 raise TrainingDivergedError(
-                    f"the training loss became {loss.item()} in epoch {epoch + 1}, step "
+                    f"the training loss became {what} in epoch {epoch + 1}, step "
                     f"{step + 1}{where}. Try a smaller --lr, gradient clipping, KL warm-up, "
                     "or check the data") from cause
             opt.zero_grad(set_to_none=True)
@@ -185,14 +212,19 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             total += loss.detach() * len(idx)
-        train_elbo = -total.item() / n  # .item() synchronises, so seconds is honest on a GPU
+        train_elbo = -dist.all_sum(total).item() / len(perm)  # .item() synchronises
         seconds = time.perf_counter() - t0
         sched.step()
 
         t1 = time.perf_counter()
         valid_elbo = evaluate_elbo(model, x_valid, y_valid)
+        if world > 1:  # the shards' sums, added up over the ranks
+            local = torch.tensor([valid_elbo * len(x_valid) if len(x_valid) else 0.0,
+                                  len(x_valid)], dtype=torch.float64, device=device)
+            elbo_sum, count = dist.all_sum(local).tolist()
+            valid_elbo = elbo_sum / count if count else math.nan
         valid_seconds = time.perf_counter() - t1
-        score = valid_elbo if len(x_valid) else train_elbo
+        score = valid_elbo if has_valid else train_elbo
         if score > best_elbo:
             best_elbo, bad_epochs = score, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -204,7 +236,7 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
         row = {"epoch": epoch + 1, "train_elbo": train_elbo, "valid_elbo": valid_elbo,
                "beta": beta, "lr": lr, "seconds": seconds, "valid_seconds": valid_seconds,
                "checkpoint_seconds": 0.0}
-        if out is not None:
+        if writes:
             if bad_epochs == 0:
                 io.save_weights(model, out / io.WEIGHTS)
             state = {"format": io.RUN_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
@@ -220,5 +252,6 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
         bar.set_postfix(train=f"{train_elbo:.2f}", valid=f"{valid_elbo:.2f}")
         if stop:
             break
+    dist.barrier()  # every rank returns once rank 0 has written the run directory
     model.load_state_dict(best_state)
     return history

@@ -1,6 +1,8 @@
 """The ``pgm`` command: train, sample, evaluate, report, datasets.
 
-The library returns results; this module prints them."""
+The library returns results; this module prints them. Under ``torchrun``, ``train`` and
+``evaluate`` join the launcher's process group (pgm.distributed) and only rank 0 prints
+and writes files."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pgm import distributed
 from pgm.errors import PgmError
 
 TRAINABLE = ("vae", "ae", "gmm", "cvae", "gan")
@@ -158,6 +161,8 @@ def _train(args) -> int:
     out = Path(args.out or f"runs/{args.model}-{data_name}")
     progress = False if args.no_progress else None
     if args.model == "gan":
+        if distributed.launched():
+            raise PgmError("pgm train gan runs in one process; start it without torchrun")
         return _train_gan(args, out, progress)
     if args.resume:
         saved = io.read_config(out)
@@ -184,6 +189,8 @@ def _train(args) -> int:
         baseline = get_model_class("ae")(model.config)
         fit(baseline, data, cfg, out=ae_out, progress=progress,
             resume=args.resume and (ae_out / io.CHECKPOINT).exists())
+    if not distributed.is_main():
+        return 0
     if args.model == "gmm":
         figures = write_gmm_figures(out, model, data, history)
     elif args.model == "cvae":
@@ -305,8 +312,15 @@ def _evaluate(args) -> int:
         seed=args.seed, device=args.device),
         args.preset)
     device = resolve_device(cfg.device)
-    ev = evaluate(model, data, cfg, progress=_progress_bars(False if args.no_progress
-                                                              else None))
+    n_ais, world = min(cfg.ais_n, cfg.n), distributed.world_size()
+    if distributed.is_main() and cfg.ais_steps and 0 < -(-n_ais // cfg.batch_size) < world:
+        print(f"note: AIS's {n_ais} datapoints make fewer batches of {cfg.batch_size} than the "
+              f"{world} ranks, so some ranks idle; a smaller --batch-size spreads them (values "
+              "depend on --batch-size, not on the number of ranks)", file=sys.stderr)
+    ev = evaluate(model, data, cfg, progress=_progress_bars(
+        False if args.no_progress or not distributed.is_main() else None))
+    if not distributed.is_main():
+        return 0
     if args.sample_quality or run.config["model"] == "gan":
         from pgm.inference.parzen import parzen_log_likelihood
         from pgm.sample_quality import sample_quality
@@ -316,7 +330,7 @@ def _evaluate(args) -> int:
         extra["sample_quality"] = sample_quality(run.model, data, run_dir=args.run,
                                                  seed=cfg.seed)
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
-                               extra=extra)
+                               world_size=world, extra=extra)
     from pgm.report import table_rows
 
     for row in table_rows(results):
@@ -392,14 +406,21 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
                "quickstart": _quickstart, "datasets": _datasets}[args.command]
     try:
+        if args.command in ("train", "evaluate"):
+            distributed.init(args.device)
         return handler(args)
     except (PgmError, ValueError, RuntimeError) as e:
-        print(f"pgm {args.command}: error: {e}", file=sys.stderr)
+        rank = distributed.rank()
+        if rank == 0 or not isinstance(e, PgmError | ValueError):  # those arise on every rank
+            where = f" on rank {rank}" if rank else ""
+            print(f"pgm {args.command}: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; the last checkpoint is kept (continue with --resume)",
               file=sys.stderr)
         return 130
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ exact log p(x) where it exists (closed form, enumeration, or quadrature for late
 
 Datapoints are processed in batches aligned to their index in the split; each batch's random
 stream is seeded from (seed, index of its first datapoint), so results do not depend on how
-the work is split up. Everything here is built on :func:`pgm.inference.adapter.latent_callables`
-and works for any model that honours the contract.
+the work is split up. Under ``torchrun`` each rank takes a contiguous run of whole batches
+(:func:`pgm.distributed.shard`) and the per-batch results are gathered in index order on
+every rank, so a sharded run returns the per-datapoint values of an unsharded one; an
+estimator's ``seconds`` then sums the ranks' time. Everything here is built on
+:func:`pgm.inference.adapter.latent_callables` and works for any model that honours the
+contract.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from pgm import distributed as dist
 from pgm.device import resolve_device
 from pgm.errors import DataError
 from pgm.inference.adapter import latent_callables
@@ -90,9 +95,15 @@ def with_preset(config: EvalConfig, preset: str | None) -> EvalConfig:
     return replace(config, preset=preset, **PRESETS[preset])
 
 
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """This rank's batches (lo, hi) of the datapoints [0, n) on the grid of ``batch_size``:
+    all of them in one process, a contiguous run of them under torchrun."""
+    return dist.shard([(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)])
+
+
+def _span(batches: list[tuple[int, int]]) -> tuple[int, int]:
+    """First and end index of this rank's batches; progress counts from the first."""
+    return (batches[0][0], batches[-1][1]) if batches else (0, 0)
 
 
 STREAMS = {"iwae": 0, "iwae_prior": 1, "ais": 2, "bdmc": 3, "bdmc_rev": 4, "bdmc_sim": 5,
@@ -187,24 +198,30 @@ def evaluate(model, data, config: EvalConfig | None = None, *,
     ks = sorted(set(cfg.ks))
     # an enumerated model's guide has no latent site to sample; a point-mass guide no density
     if not model.enumerated and not model.point_guide:
-        for lo, hi in _batches(n, cfg.batch_size):
+        rows, batches = [], _batches(n, cfg.batch_size)
+        start, end = _span(batches)
+        for lo, hi in batches:
             _seed_batch(cfg.seed, lo, "iwae")
             t0 = time.perf_counter()
             log_w = log_importance_weights(bind(lo, hi), x_all[lo:hi], ks[-1])  # (K, B)
-            for k, est in iwae_from_log_weights(log_w, ks,
-                                                seconds=time.perf_counter() - t0).items():
-                out.setdefault(f"iwae_{k}", []).append(est)
-            if ks[-1] >= MIN_PSIS_SAMPLES:  # fewer draws are too few to fit a Pareto tail
-                khat.append(psis_khat(log_w))
+            row = {f"iwae_{k}": est for k, est in iwae_from_log_weights(
+                log_w, ks, seconds=time.perf_counter() - t0).items()}
+            # fewer than MIN_PSIS_SAMPLES draws are too few to fit a Pareto tail
+            khat_batch = psis_khat(log_w) if ks[-1] >= MIN_PSIS_SAMPLES else None
             if cfg.prior_proposal:
                 _seed_batch(cfg.seed, lo, "iwae_prior")
                 t0 = time.perf_counter()
                 log_w = log_importance_weights(bind(lo, hi), x_all[lo:hi], ks[-1],
                                                proposal="prior")
-                for k, est in iwae_from_log_weights(
-                        log_w, ks, seconds=time.perf_counter() - t0).items():
-                    out.setdefault(f"iwae_prior_{k}", []).append(est)
-            report("iwae", hi, n)
+                row.update({f"iwae_prior_{k}": est for k, est in iwae_from_log_weights(
+                    log_w, ks, seconds=time.perf_counter() - t0).items()})
+            rows.append((row, khat_batch))
+            report("iwae", hi - start, end - start)
+        for row, khat_batch in dist.all_gather(rows):
+            for name, est in row.items():
+                out.setdefault(name, []).append(est)
+            if khat_batch is not None:
+                khat.append(khat_batch)
     estimators = {name: concat_estimates(parts) for name, parts in out.items()}
     if "iwae_1" in estimators:
         estimators = {"elbo": estimators["iwae_1"], **estimators}
@@ -250,16 +267,16 @@ def _posterior_check(x, cfg, bind, report):
     from pgm.inference.diagnostics import posterior_figure, reference_posterior
 
     m = min(cfg.posterior_check, len(x))
-    q_samples, nuts, rhat, ess, t0 = [], [], [], [], time.perf_counter()
-    for i in range(m):
+    rows, t0 = [], time.perf_counter()
+    mine = _batches(m, 1)
+    for i, _ in mine:
         f = bind(i, i + 1)
         ref = reference_posterior(f, x[i:i + 1], seed=cfg.seed + i)
-        nuts.append(ref.samples.cpu())
         _seed_batch(cfg.seed, i, "gaps")
-        q_samples.append(f.sample_q(x[i:i + 1], len(ref.samples))[:, 0].cpu())
-        rhat.append(ref.summary["rhat_max"])
-        ess.append(ref.summary["ess_bulk_min"])
-        report("nuts reference", i + 1, m)
+        rows.append((f.sample_q(x[i:i + 1], len(ref.samples))[:, 0].cpu(), ref.samples.cpu(),
+                     ref.summary["rhat_max"], ref.summary["ess_bulk_min"]))
+        report("nuts reference", len(rows), len(mine))
+    q_samples, nuts, rhat, ess = (list(c) for c in zip(*dist.all_gather(rows)))
     fig = posterior_figure(q_samples, nuts, "q(z|x) (orange) against the NUTS posterior "
                            "p(z|x) (blue)", panel_titles=[f"test datapoint {i}" for i in range(m)])
     est = Estimate.of(torch.tensor(rhat, dtype=torch.float64), seconds=time.perf_counter() - t0,
@@ -270,37 +287,39 @@ def _posterior_check(x, cfg, bind, report):
 def _exact(model, x, y, cfg, bind, report) -> Estimate | None:
     from pgm.inference.exact import quadrature_log_marginal
 
+    batches = _batches(len(x), cfg.batch_size)
     if hasattr(model, "exact_log_marginal"):
         t0 = time.perf_counter()
-        per = torch.cat([model.exact_log_marginal(x[lo:hi]).double().cpu()
-                         for lo, hi in _batches(len(x), cfg.batch_size)])
+        per = torch.cat(dist.all_gather([model.exact_log_marginal(x[lo:hi]).double().cpu()
+                                         for lo, hi in batches]))
         method = "enumeration" if model.enumerated else "closed form"
         return Estimate.of(per, seconds=time.perf_counter() - t0, extra={"method": method})
     if model.latent_dim > 2:
         return None
-    parts = []
-    for lo, hi in _batches(len(x), cfg.batch_size):
+    parts, (start, end) = [], _span(batches)
+    for lo, hi in batches:
         parts.append(quadrature_log_marginal(bind(lo, hi).log_joint, x[lo:hi],
                                              latent_dim=model.latent_dim, tol=QUADRATURE_TOL))
-        report("exact", hi, len(x))
-    return concat_estimates(parts, extra={"method": "quadrature"})
+        report("exact", hi - start, end - start)
+    return concat_estimates(dist.all_gather(parts), extra={"method": "quadrature"})
 
 
 def _ais(model, x, cfg, bind, report, stage, stream="ais") -> Estimate:
     from pgm.inference.ais import ais
 
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
-    parts = []
-    for lo, hi in _batches(len(x), cfg.batch_size):
+    parts, batches = [], _batches(len(x), cfg.batch_size)
+    start, end = _span(batches)
+    for lo, hi in batches:
         gen = _seed_batch(cfg.seed, lo, stream)
         f = bind(lo, hi)
         est = ais(f, x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
                   num_leapfrog=cfg.ais_leapfrog, initial=cfg.ais_initial, generator=gen,
                   progress=lambda done, total, lo=lo, hi=hi: report(
-                      stage, lo * total + done * (hi - lo), len(x) * total))
+                      stage, (lo - start) * total + done * (hi - lo), (end - start) * total))
         est.extra.pop("z_final", None)
         parts.append(est)
-    return concat_estimates(parts, extra={"schedule": cfg.ais_schedule})
+    return concat_estimates(dist.all_gather(parts), extra={"schedule": cfg.ais_schedule})
 
 
 def _bdmc(model, y, n, cfg, report) -> tuple[Estimate, Estimate]:
@@ -318,14 +337,16 @@ def _bdmc(model, y, n, cfg, report) -> tuple[Estimate, Estimate]:
 
     lower = _ais(model, x, cfg, bind_sim, report, "bdmc forward", stream="bdmc")
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
-    parts = []
-    for lo, hi in _batches(n, cfg.batch_size):
+    parts, batches = [], _batches(n, cfg.batch_size)
+    start, end = _span(batches)
+    for lo, hi in batches:
         gen = _seed_batch(cfg.seed, lo, "bdmc_rev")
         parts.append(bdmc_upper(bind_sim(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
                                 num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
                                 initial=cfg.ais_initial, generator=gen))
-        report("bdmc reverse", hi, n)
-    upper = concat_estimates(parts, extra={"schedule": cfg.ais_schedule, "data": "simulated"})
+        report("bdmc reverse", hi - start, end - start)
+    upper = concat_estimates(dist.all_gather(parts),
+                             extra={"schedule": cfg.ais_schedule, "data": "simulated"})
     lower.extra["data"] = "simulated"
     gap = (upper.per_datapoint - lower.per_datapoint)
     upper.extra.update(sandwich_mean=gap.mean().item(),
@@ -339,13 +360,16 @@ def _gaps(estimators, x, cfg, bind, report) -> dict[str, Estimate]:
 
     name, best = _best_log_px(estimators)
     m = min(cfg.gaps_n, len(best.per_datapoint))
-    parts: dict[str, list[Estimate]] = {}
-    for lo, hi in _batches(m, cfg.batch_size):
+    rows, batches = [], _batches(m, cfg.batch_size)
+    start, end = _span(batches)
+    for lo, hi in batches:
         _seed_batch(cfg.seed, lo, "gaps")
-        res = amortization_gaps(bind(lo, hi), x[lo:hi], best.per_datapoint[lo:hi].to(x.device),
-                                steps=cfg.gaps_steps)
+        rows.append(amortization_gaps(bind(lo, hi), x[lo:hi],
+                                      best.per_datapoint[lo:hi].to(x.device), steps=cfg.gaps_steps))
+        report("gaps", hi - start, end - start)
+    parts: dict[str, list[Estimate]] = {}
+    for res in dist.all_gather(rows):
         for key, est in res.items():
             parts.setdefault(key, []).append(est)
-        report("gaps", hi, m)
     return {(k if k.startswith("elbo") else "gap_" + k.removesuffix("_gap")): concat_estimates(
         v, extra={"log_px_from": name}) for k, v in parts.items()}

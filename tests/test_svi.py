@@ -163,6 +163,12 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in Path(tmp_path).iterdir()] == ["a.txt"]
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    written = io.atomic_write_text(tmp_path / "a.txt", "x")
+    assert written.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_run_loads_on_cpu(digits, tmp_path):
     model = _vae(digits)

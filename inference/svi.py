@@ -200,7 +200,8 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
             # one sync per step (under DDP an all-reduce): stop before NaN reaches weights
             failed = dist.first_failed_rank(torch.isfinite(loss))
             if failed is not None:
-                where = f"; the last good checkpoint is kept in {out}" if out is not None else ""
+                kept = out is not None and (out / io.CHECKPOINT).is_file()
+                where = f"; the last good checkpoint is kept in {out}" if kept else ""
                 what = f"{loss.item()}" if world == 1 else f"non-finite on rank {failed} of {world}"
                 raise TrainingDivergedError(
                     f"the training loss became {what} in epoch {epoch + 1}, step "

@@ -119,6 +119,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
     assert len(pgm.load_run(tmp_path / "r").history) == 1
 
 
+def test_nan_in_the_first_epoch_claims_no_checkpoint(digits, tmp_path):
+    model = _vae(digits)
+    model.decoder.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    with pytest.raises(TrainingDivergedError, match="epoch 1, step 1") as err:
+        pgm.fit(model, digits, epochs=2, out=tmp_path / "r", progress=False)
+    assert "checkpoint" not in str(err.value)
+
+
 @pytest.mark.parametrize("make_bad,match", [
     (lambda x: torch.where(torch.rand_like(x) < 0.01, float("nan"), x), "NaN or infinite"),
     (lambda x: x[:, :10], r"shape \(N, 64\)"),

@@ -43,16 +43,15 @@ like any VAE. Choices made there:
   :math:`E_{p(z)} \log p(x|z)` (a very loose bound), and AIS with ``initial="prior"`` (the
   default of :class:`pgm.evaluation.EvalConfig`) starts where Wu et al. start. AIS, not IWAE,
   is the number to trust for a GAN; ``reconstruct`` is meaningless (it decodes the prior mean).
-- **σ is not learned by the GAN.** :func:`choose_sigma` picks it on validation data, as Wu et
-  al. do: the σ with the highest estimated :math:`\log p_\sigma(x_{valid})`.
+- **σ is not learned by the GAN.** :func:`pgm.models.explicit.choose_sigma` picks it on
+  validation data, as Wu et al. do: the σ with the highest estimated
+  :math:`\log p_\sigma(x_{valid})`. The same module gives VAEs and mixtures the same view, so
+  all three are measured by one density family.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -295,77 +294,3 @@ class ExplicitGAN(LatentVariableModel):
 
     def check_data(self, x, name="x"):
         self.gan.check_data(x, name)
-
-
-# ----------------------------------------------------------------------------- choosing sigma
-
-
-class SigmaChoice(NamedTuple):
-    """The chosen sigma and the estimate of mean log p_sigma(x_valid) (nats) for each tried."""
-
-    sigma: float
-    sigmas: tuple[float, ...]
-    log_px: tuple[float, ...]  # mean over the validation points, per sigma
-    se: tuple[float, ...]
-    method: str
-    seconds: float
-
-
-def choose_sigma(gan: GAN, x_valid: torch.Tensor,
-                 sigmas=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5), *, method: str = "ais", n: int = 100,
-                 K: int = 1000, ais_steps: int = 200, ais_chains: int = 4,
-                 batch_size: int = 100, seed: int = 0) -> SigmaChoice:
-    r"""Pick the observation noise sigma of :meth:`GAN.as_explicit` on validation data.
-
-    For each sigma, estimate the mean :math:`\log p_\sigma(x)` over the first ``n`` rows of
-    ``x_valid`` and keep the best, as Wu et al. (2017) do. ``method="ais"`` (default):
-    AIS from the prior with ``ais_steps`` steps and ``ais_chains`` chains (a cheap setting of
-    the evaluation's AIS). ``method="iwae"``: importance sampling from the prior with K draws,
-    which is enough for 1-D toys but, in 784 dimensions with a small sigma, so loose that it
-    favours a large sigma; both are lower bounds, and the looseness grows as sigma shrinks, so
-    the choice leans large rather than small. Seeds are fixed so every sigma sees the same
-    random numbers. A best sigma on the edge of the grid warns. Cost: ``len(sigmas) *
-    ais_steps * 11`` generator passes over ``n * ais_chains`` rows (mnist5k, the default MLP,
-    n=20, 100 steps: about 4 s per sigma on one CPU thread).
-    """
-    from pgm.inference.adapter import latent_callables
-    from pgm.inference.ais import ais
-    from pgm.inference.bounds import log_importance_weights, log_mean_exp
-    from pgm.inference.schedules import sigmoid_schedule
-
-    if method not in ("ais", "iwae"):
-        raise ValueError(f"method must be 'ais' or 'iwae', got {method!r}")
-    sigmas = tuple(float(s) for s in sigmas)
-    if not sigmas or min(sigmas) <= 0:
-        raise ValueError(f"sigmas must be positive, got {sigmas}")
-    t0 = time.perf_counter()
-    x = x_valid[:n].to(gan.device)
-    was_training = gan.training
-    gan.eval()
-    means, ses = [], []
-    try:
-        for sigma in sigmas:
-            f = latent_callables(gan.as_explicit(sigma))
-            per = []
-            for lo in range(0, len(x), batch_size):
-                xb = x[lo:lo + batch_size]
-                torch.manual_seed(seed * 1_000_003 + lo)
-                if method == "iwae":
-                    per.append(log_mean_exp(log_importance_weights(f, xb, K, proposal="prior")))
-                else:
-                    gen = torch.Generator().manual_seed(seed * 1_000_003 + lo + 1)
-                    per.append(ais(f, xb, schedule=sigmoid_schedule(ais_steps),
-                                   num_chains=ais_chains, generator=gen).per_datapoint)
-            v = torch.cat([p.double().cpu() for p in per])
-            means.append(v.mean().item())
-            ses.append((v.std() / math.sqrt(len(v))).item() if len(v) > 1 else math.nan)
-    finally:
-        gan.train(was_training)
-    best = max(range(len(sigmas)), key=lambda i: means[i] if math.isfinite(means[i]) else -math.inf)
-    if len(sigmas) > 1 and sigmas[best] in (min(sigmas), max(sigmas)):
-        import warnings
-
-        warnings.warn(f"the best sigma {sigmas[best]:g} lies on the edge of the grid "
-                      f"[{min(sigmas):g}, {max(sigmas):g}]; widen it", stacklevel=2)
-    return SigmaChoice(sigmas[best], sigmas, tuple(means), tuple(ses), method,
-                       time.perf_counter() - t0)

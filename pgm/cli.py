@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sample-quality", action="store_true",
                    help="also Parzen window, nearest-neighbour distances and a Frechet "
                         "distance in classifier features (always on for a GAN)")
+    e.add_argument("--explicit-view", action="store_true",
+                   help="measure the generator's view N(mean(z), s^2 I) with s chosen on "
+                        "validation data, as for a GAN (Wu et al. 2017), so VAE, GMM and GAN "
+                        "rows compare like for like (always on for a GAN)")
     e.add_argument("--preset", default=None, choices=("burda2015", "wu2017", "cremer2018"),
                    help="a paper's protocol; its settings override the options above")
     e.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
@@ -275,14 +279,15 @@ def _evaluate(args) -> int:
     d = run.config["data"]
     data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
                         valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
-    model, extra = run.model, {}
-    if run.config["model"] == "gan":  # no likelihood: measure its explicit Gaussian view
-        from pgm.models.gan import choose_sigma
+    model, extra, sigma = run.model, {}, None
+    if run.config["model"] == "gan" or args.explicit_view:  # the view N(mean(z), s^2 I)
+        from pgm.models.explicit import choose_sigma, explicit_view
 
         choice = choose_sigma(run.model, data.x_valid, n=20, ais_steps=100, ais_chains=4,
                               seed=args.seed)
-        model = run.model.as_explicit(choice.sigma)
-        extra["explicit_sigma"] = choice.sigma
+        model, sigma = explicit_view(run.model, choice.sigma), choice.sigma
+        extra["explicit_sigma"] = sigma
+        extra["explicit_sigma_choice"] = choice._asdict()
     cfg = with_preset(EvalConfig(
         ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
@@ -301,6 +306,9 @@ def _evaluate(args) -> int:
                                                         n=cfg.n, seed=cfg.seed)
         extra["sample_quality"] = sample_quality(run.model, data, run_dir=args.run,
                                                  seed=cfg.seed)
+    from pgm.representation import representation
+
+    extra.update(representation(data, run.model, split=cfg.split, explicit_sigma=sigma))
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
                                extra=extra)
     from pgm.report import table_rows
@@ -328,6 +336,11 @@ def _report(args) -> int:
             raise PgmError(f"{run} has no eval/results.json; run `pgm evaluate {run}` first")
         results.append(json.loads(path.read_text()))
     md, page = comparison(results)
+    from pgm.representation import incommensurable
+
+    for i, why in incommensurable(results).items():
+        print(f"warning: {args.runs[i]}: likelihoods not comparable with {args.runs[0]}: "
+              f"{'; '.join(why)}", file=sys.stderr)
     out = Path(args.out)
     io.atomic_write_text(out.with_suffix(".md"), md)
     io.atomic_write_text(out.with_suffix(".html"), page)

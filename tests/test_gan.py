@@ -23,7 +23,7 @@ from pgm.inference.adversarial import (
     train_gan,
 )
 from pgm.models import GAN, get_model_class
-from pgm.models.gan import choose_sigma
+from pgm.models.explicit import choose_sigma
 
 TOY_EPOCHS = 40
 

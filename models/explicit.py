@@ -39,7 +39,7 @@ from pgm.protocol import LatentVariableModel
 from .gan import GAN
 from .gmm import GMM
 
-DEFAULT_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_SIGMAS = (0.05, 0.1, 0.14, 0.2, 0.28, 0.4)  # sqrt(2) apart in the middle
 METHODS = ("ais", "iwae", "exact")
 
 

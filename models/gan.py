@@ -21,6 +21,15 @@ its kinks near x = 0 and is nearly linear over the data: it sees the mean but ha
 spread (the generator's std then missed the data's by up to 40% over seeds). The generator's
 output is left unscaled, so in the toy it starts near 0 and has to travel to the data.
 
+**The averaged generator** (``ema`` = β > 0; Yazıcı et al. 2019, "The Unusual Effectiveness
+of Averaging in GAN Training"): a copy :math:`\bar G` whose weights follow G's as
+:math:`\bar\theta \leftarrow \beta\bar\theta + (1 - \beta)\theta` after every generator step.
+Training (both players' steps) uses G; everything in eval mode -- samples, figures, the
+explicit view, ``pgm evaluate`` -- uses :math:`\bar G`. The last iterate of a GAN circles
+the equilibrium and carries each step's pixel noise; the average sits nearer its centre. On
+mnist5k the MLP GAN's samples after 100 epochs were speckled strokes without it and mostly
+readable digits with β = 0.999 (:func:`pgm.inference.adversarial.gan_settings_for`).
+
 **The explicit view** (Wu, Burda, Salakhutdinov & Grosse 2017, "On the Quantitative Analysis of
 Decoder-Based Generative Models", https://arxiv.org/abs/1611.04273): adding Gaussian noise to
 the generator's output makes a latent-variable model with a density,
@@ -51,6 +60,7 @@ like any VAE. Choices made there:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +90,7 @@ class GANConfig:
     d_activation: str = "leaky_relu"  # discriminator
     d_dropout: float = 0.3  # dropout after each hidden layer of the mlp discriminator
     channels: int = 32  # dcgan: channels of the 14x14 feature maps (2x at 7x7)
+    ema: float = 0.0  # decay of the averaged generator used in eval mode; 0: no average
     # real-valued data ("identity" output): D sees (x - data_loc) / data_scale, per dimension;
     # train_gan sets them from the training data
     data_loc: tuple[float, ...] | None = None
@@ -92,6 +103,8 @@ class GANConfig:
                                     ("output", self.output, OUTPUTS)):
             if value not in known:
                 raise ValueError(f"unknown {field} {value!r}; known: {', '.join(known)}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
         if not 0 <= self.d_dropout < 1:
             raise ValueError(f"d_dropout must lie in [0, 1), got {self.d_dropout}")
         for field in ("data_loc", "data_scale"):
@@ -208,6 +221,8 @@ class GAN(nn.Module):
         elif c.data_loc is not None or c.data_scale is not None:
             d = nn.Sequential(_Affine(loc, scale, inverse=True), d)
         self.generator, self.discriminator = _Flat(g), _Flat(d)
+        if c.ema:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # device of the model
 
     @property
@@ -225,8 +240,25 @@ class GAN(nn.Module):
         return z.to(self.device)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """G(z): (..., L) -> (..., D)."""
+        """G(z): (..., L) -> (..., D); in eval mode the averaged generator if ``ema`` > 0."""
+        if self.config.ema and not self.training:
+            return self.generator_ema(z)
         return self.generator(z)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        r"""After a generator step: :math:`\bar\theta \leftarrow \beta \bar\theta +
+        (1 - \beta)\theta` for G's parameters and floating-point buffers (batch-norm
+        statistics; β = ``ema``); integer buffers are copied."""
+        if not self.config.ema:
+            return
+        pairs = [*zip(self.generator_ema.parameters(), self.generator.parameters()),
+                 *zip(self.generator_ema.buffers(), self.generator.buffers())]
+        for avg, new in pairs:
+            if avg.is_floating_point():
+                avg.lerp_(new, 1 - self.config.ema)
+            else:
+                avg.copy_(new)
 
     def discriminate(self, x: torch.Tensor) -> torch.Tensor:
         """The logit of D(x) = P(x is real): (..., D) -> (...)."""

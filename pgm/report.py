@@ -277,7 +277,8 @@ def comparison_notes(results: list[dict], names: list[str]) -> tuple[dict[int, l
         if len(set(sizes)) > 1:
             notes.append(f"column {col}: rows average over different numbers of test images "
                          f"({', '.join(map(str, sizes))}); each is the first n of the split")
-    obs = {r.get("representation", {}).get("observation") for r in results}
+    obs = {(r.get("representation") or {}).get("observation", "unknown") for r in results}
+    obs = {"explicit view" if o.startswith("explicit view") else o for o in obs}
     if len(obs) > 1:
         notes.append("rows use different observation models (column 'observation'): their "
                      "densities are of the same data, but a learned per-pixel scale on 8-bit "
@@ -290,9 +291,10 @@ def comparison(results: list[dict]) -> tuple[str, str]:
     """One table over several runs' results.json: each estimator's mean ± SE (n), the best
     log p(x) estimate, and the data representation and observation model of each row.
 
-    Rows whose likelihoods cannot share a column with the first row's (other test images,
+    Rows whose numbers cannot share a column with the first row's (other test images,
     binarised vs grey values, an unnormalised likelihood, an unknown representation) have
-    their likelihood cells marked ⚠ and the reasons listed above the table."""
+    their cells marked ⚠ and the reasons listed above the table; the nearest-neighbour and
+    Fréchet columns are marked too, as they are distances in the rows' own data."""
     from pgm.representation import short_label
 
     names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
@@ -308,27 +310,27 @@ def comparison(results: list[dict]) -> tuple[str, str]:
         cells = [mark + (f"{best[0]}: {_cell(best[1])}" if best else "–")]
         cells += [mark + _cell(r["estimators"].get(n)) if n in r["estimators"] else "–"
                   for n in names]
-        if quality:
+        if quality:  # distances in other data (or another classifier's features) too
             q = r.get("sample_quality")
             fd = q and q["frechet"]
             cells += ["–", "–"] if q is None else [
-                f"{q['nearest_neighbour']['ratio']:.2f}",
-                f"{fd['samples_vs_train']:.2f} (test: {fd['test_vs_train']:.2f})"]
+                f"{mark}{q['nearest_neighbour']['ratio']:.2f}",
+                f"{mark}{fd['samples_vs_train']:.2f} (test: {fd['test_vs_train']:.2f})"]
         rep = r.get("representation") or {}
         rows.append([r["run"], r["dataset"], short_label(r), rep.get("observation", "unknown"),
                      *cells])
     warn = [f"- ⚠ {results[i]['run']}: {'; '.join(why)}" for i, why in bad.items()]
     intro = "nats per datapoint, mean ± SE (n)"
     if bad:
-        intro = ("**NOT COMMENSURABLE: the likelihood columns of the rows marked ⚠ are not "
-                 "comparable with the first row's.**\n\n" + "\n".join(warn) + "\n\n" + intro)
+        intro = ("**NOT COMMENSURABLE: the numbers of the rows marked ⚠ are not comparable "
+                 "with the first row's.**\n\n" + "\n".join(warn) + "\n\n" + intro)
     md = ("# Comparison of runs\n\n" + intro + "\n\n" + _md_table(header, rows) + "\n"
           + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
     items = "".join(f"<li class=\"bad\">{html.escape(w[2:])}</li>" for w in warn)
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>pgm comparison</title>"
             f"<style>{CSS}</style></head><body><h1>Comparison of runs</h1>"
-            + (f"<p class=\"bad\">NOT COMMENSURABLE: the likelihood columns of the rows marked "
-               f"&#9888; are not comparable with the first row's.</p><ul>{items}</ul>"
+            + (f"<p class=\"bad\">NOT COMMENSURABLE: the numbers of the rows marked &#9888; "
+               f"are not comparable with the first row's.</p><ul>{items}</ul>"
                if bad else "")
             + "<p>nats per datapoint, mean &plusmn; SE (n)</p>"
             f"{_html_table(header, rows)}"

@@ -49,6 +49,7 @@ def test_commensurable_rows_are_not_flagged(grey):
     assert incommensurable(rows) == {}
     md, page = comparison(rows)
     assert "NOT COMMENSURABLE" not in md and "⚠" not in md
+    assert "different observation models" not in md  # each its own sigma: the same protocol
     assert "grey values, log-density" in md and "| exact: -60.00 ± 0.50 (100)" in md
     assert "<table>" in page
 

@@ -33,10 +33,9 @@ from typing import NamedTuple
 
 import torch
 
-from pgm.likelihoods import make_likelihood
 from pgm.protocol import LatentVariableModel
 
-from .gan import GAN
+from .gan import GAN, init_gaussian_view
 from .gmm import GMM
 
 DEFAULT_SIGMAS = (0.05, 0.1, 0.14, 0.2, 0.28, 0.4)  # sqrt(2) apart in the middle
@@ -51,12 +50,8 @@ class MeanView(LatentVariableModel):
 
     def __init__(self, base: LatentVariableModel, sigma: float):
         super().__init__()
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.base, self.sigma = base, float(sigma)
-        self.config, self.conditional = base.config, base.conditional
-        self.data_dim, self.latent_dim = base.data_dim, base.latent_dim
-        self.likelihood = make_likelihood("gaussian", scale=self.sigma)
+        self.base, self.conditional = base, base.conditional
+        init_gaussian_view(self, base, sigma)
 
     def prior(self, n, y=None):
         return self.base.prior(n, y)

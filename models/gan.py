@@ -292,6 +292,15 @@ class GAN(nn.Module):
         return ExplicitGAN(self, sigma)
 
 
+def init_gaussian_view(view: LatentVariableModel, source, sigma: float) -> None:
+    """Set up an explicit view of ``source``: its config and sizes, the N(., sigma^2 I) head."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    view.sigma, view.config = float(sigma), source.config
+    view.data_dim, view.latent_dim = source.data_dim, source.latent_dim
+    view.likelihood = make_likelihood("gaussian", scale=view.sigma)
+
+
 class ExplicitGAN(LatentVariableModel):
     r"""A GAN's generator with Gaussian observation noise: an explicit latent-variable model.
 
@@ -305,12 +314,8 @@ class ExplicitGAN(LatentVariableModel):
 
     def __init__(self, gan: GAN, sigma: float):
         super().__init__()
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.gan, self.sigma = gan, float(sigma)
-        self.config = gan.config
-        self.data_dim, self.latent_dim = gan.data_dim, gan.latent_dim
-        self.likelihood = make_likelihood("gaussian", scale=self.sigma)
+        self.gan = gan
+        init_gaussian_view(self, gan, sigma)
         self._init_prior(self.latent_dim)
         self.to(gan.device)
 

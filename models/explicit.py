@@ -97,7 +97,8 @@ class SigmaChoice(NamedTuple):
 
 def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method: str = "ais",
                  n: int = 100, K: int = 1000, ais_steps: int = 200, ais_chains: int = 4,
-                 batch_size: int = 100, seed: int = 0) -> SigmaChoice:
+                 batch_size: int = 100, seed: int = 0,
+                 y_valid: torch.Tensor | None = None) -> SigmaChoice:
     r"""Pick the sigma of :func:`explicit_view` on validation data.
 
     For each sigma, estimate the mean :math:`\log p_\sigma(x)` over the first ``n`` rows of
@@ -109,7 +110,8 @@ def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method:
     large sigma. Both are lower bounds whose looseness grows as sigma shrinks, so the choice
     leans large rather than small. A mixture is always scored exactly (``method`` is then
     recorded as ``"exact"``). Seeds are fixed so every sigma sees the same random numbers. A
-    best sigma on the edge of the grid warns. Cost: ``len(sigmas) * ais_steps * 11`` generator
+    best sigma on the edge of the grid warns. A conditional model needs its labels
+    ``y_valid``. Cost: ``len(sigmas) * ais_steps * 11`` generator
     passes over ``n * ais_chains`` rows (mnist5k, the default MLP GAN, n=20, 100 steps: about
     4 s per sigma on one CPU thread).
     """
@@ -127,8 +129,12 @@ def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method:
         method = "exact"
     elif method == "exact":
         raise ValueError(f"method='exact' needs a mixture, not {type(model).__name__}")
+    if getattr(model, "conditional", False) and y_valid is None:
+        raise ValueError(f"{type(model).__name__} is conditional: pass its labels as y_valid")
     t0 = time.perf_counter()
-    x = x_valid[:n].to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    x = x_valid[:n].to(device)
+    y = y_valid[:n].to(device) if getattr(model, "conditional", False) else None
     was_training = model.training
     model.eval()
     means, ses = [], []
@@ -138,15 +144,15 @@ def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method:
             per = []
             for lo in range(0, len(x), batch_size):
                 xb = x[lo:lo + batch_size]
+                f = latent_callables(view, None if y is None else y[lo:lo + batch_size])
                 torch.manual_seed(seed * 1_000_003 + lo)
                 if method == "exact":
                     per.append(view.exact_log_marginal(xb))
                 elif method == "iwae":
-                    f = latent_callables(view)
                     per.append(log_mean_exp(log_importance_weights(f, xb, K)))
                 else:
                     gen = torch.Generator().manual_seed(seed * 1_000_003 + lo + 1)
-                    per.append(ais(latent_callables(view), xb,
+                    per.append(ais(f, xb,
                                    schedule=sigmoid_schedule(ais_steps),
                                    num_chains=ais_chains, generator=gen).per_datapoint)
             v = torch.cat([p.detach().double().cpu() for p in per])

@@ -288,7 +288,7 @@ def _evaluate(args) -> int:
         from pgm.models.explicit import choose_sigma, explicit_view
 
         choice = choose_sigma(run.model, data.x_valid, n=20, ais_steps=100, ais_chains=4,
-                              seed=args.seed)
+                              seed=args.seed, y_valid=data.y_valid)
         model, sigma = explicit_view(run.model, choice.sigma), choice.sigma
         extra["explicit_sigma"] = sigma
         extra["explicit_sigma_choice"] = choice._asdict()
@@ -343,7 +343,7 @@ def _report(args) -> int:
     from pgm.representation import incommensurable
 
     for i, why in incommensurable(results).items():
-        print(f"warning: {args.runs[i]}: likelihoods not comparable with {args.runs[0]}: "
+        print(f"warning: {args.runs[i]}: numbers not comparable with {args.runs[0]}: "
               f"{'; '.join(why)}", file=sys.stderr)
     out = Path(args.out)
     io.atomic_write_text(out.with_suffix(".md"), md)

@@ -79,3 +79,17 @@ def test_choose_sigma_for_a_vae_scores_its_view_with_the_encoder_as_proposal():
     assert choice.sigma == 0.3 and all(math.isfinite(v) for v in choice.log_px)
     with pytest.raises(ValueError, match="needs a mixture"):
         choose_sigma(vae, data.x_valid, method="exact")
+
+
+def test_a_conditional_view_scores_with_its_labels():
+    from pgm.models import CVAE
+
+    data = pgm.load_dataset("digits", binarize="none")
+    torch.manual_seed(0)
+    cvae = CVAE(data_dim=64, latent_dim=2, hidden=(16,), n_classes=10, likelihood="gaussian")
+    with pytest.raises(ValueError, match="y_valid"):
+        choose_sigma(cvae, data.x_valid, method="iwae")
+    kw = dict(sigmas=(0.05, 0.3, 3.0), method="iwae", n=10, K=30)
+    right = choose_sigma(cvae, data.x_valid, y_valid=data.y_valid, **kw)
+    wrong = choose_sigma(cvae, data.x_valid, y_valid=(data.y_valid + 1) % 10, **kw)
+    assert right.log_px != wrong.log_px  # the label reaches the decoder

@@ -397,7 +397,7 @@ def gan_settings_for(data) -> dict:
     plain sigmoid/uncentred setting collapsed to one image; see :mod:`pgm.models.gan`), an
     averaged generator (``ema`` 0.999) and 100 epochs (7,800 steps on mnist5k; 2 min of CPU
     on one thread): at 30 epochs without the average the samples were speckled strokes, at
-    100 with it mostly readable digits, though mostly 7s, 9s and 1s. The small DCGAN
+    100 with it mostly readable digits, though without 0s (mode dropping). The small DCGAN
     (``arch="dcgan"``, no average) drew cleaner strokes but fewer readable digits at 66 epochs,
     and costs 2x per epoch and 5x per AIS step. Other real data: a small MLP GAN with D on
     standardised data, 30 epochs. ``epochs`` is returned with the other settings.

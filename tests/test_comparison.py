@@ -83,25 +83,25 @@ def test_best_estimate_and_unequal_test_sets_are_noted(grey):
     assert "different observation models" in comparison([b, c])[0]
 
 
-def test_cli_explicit_view_and_report_flag(tmp_path, capsys):
+def test_cli_explicit_view_and_report_flag(tmp_path, capsys, binary):
     import json
 
     from pgm.cli import main
 
-    tiny = ["--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "3",
-            "--no-progress", "--no-ae-baseline"]  # latent 3: no NUTS posterior check
-    ev = ["--n", "20", "--k", "1,30", "--ais-n", "4", "--ais-steps", "5", "--ais-chains", "2",
-          "--no-exact", "--no-progress"]
-    grey, binary = str(tmp_path / "grey"), str(tmp_path / "bin")
-    assert main(["train", "vae", *tiny, "--binarize", "none", "--likelihood", "gaussian",
-                 "--out", grey]) == 0
-    assert main(["train", "vae", *tiny, "--out", binary]) == 0
-    assert main(["evaluate", grey, "--explicit-view", *ev]) == 0
-    assert main(["evaluate", binary, *ev]) == 0
+    grey = str(tmp_path / "grey")
+    assert main(["train", "vae", "--data", "digits", "--epochs", "1", "--hidden", "16",
+                 "--latent-dim", "3", "--binarize", "none", "--likelihood", "gaussian",
+                 "--no-progress", "--no-ae-baseline", "--out", grey]) == 0  # latent 3: no NUTS
+    assert main(["evaluate", grey, "--explicit-view", "--n", "20", "--k", "1,30", "--ais-n", "4",
+                 "--ais-steps", "5", "--ais-chains", "2", "--no-exact", "--no-progress"]) == 0
     results = json.loads((tmp_path / "grey/eval/results.json").read_text())
     assert results["representation"]["observation"].startswith("explicit view")
     assert results["explicit_sigma"] == results["explicit_sigma_choice"]["sigma"]
+    other = tmp_path / "bin/eval/results.json"  # a binarised run's results, written by hand
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps(_results(str(tmp_path / "bin"), binary, VAE(data_dim=64),
+                                         elbo=(-30.0, 20))))
     capsys.readouterr()
-    assert main(["report", grey, binary, "--out", str(tmp_path / "cmp")]) == 0
+    assert main(["report", grey, str(tmp_path / "bin"), "--out", str(tmp_path / "cmp")]) == 0
     out, err = capsys.readouterr()
-    assert "NOT COMMENSURABLE" in out and f"warning: {binary}" in err
+    assert "NOT COMMENSURABLE" in out and f"warning: {tmp_path / 'bin'}" in err

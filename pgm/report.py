@@ -179,7 +179,7 @@ def render_markdown(results: dict, figures: list[Path]) -> str:
              _checks_md(results["checks"]) or "(nothing to check)", ""]
     rep = results.get("representation")
     if rep is not None:
-        parts.insert(3, f"Data: {rep['values']} (binarize `{rep['binarize']}`), so values are a "
+        parts.insert(3, f"\nData: {rep['values']} (binarize `{rep['binarize']}`), so values are a "
                         f"{rep['density']}; observation model: {rep['observation']}.\n")
     if results["config"].get("preset"):
         parts.insert(3, f"Protocol preset: `{results['config']['preset']}`.\n")

@@ -177,6 +177,10 @@ def render_markdown(results: dict, figures: list[Path]) -> str:
              "standard error across datapoints.", "",
              _md_table(HEADER, table_rows(results)), "", "## Bound order", "",
              _checks_md(results["checks"]) or "(nothing to check)", ""]
+    rep = results.get("representation")
+    if rep is not None:
+        parts.insert(3, f"\nData: {rep['values']} (binarize `{rep['binarize']}`), so values are a "
+                        f"{rep['density']}; observation model: {rep['observation']}.\n")
     if results["config"].get("preset"):
         parts.insert(3, f"Protocol preset: `{results['config']['preset']}`.\n")
     for fig in figures:
@@ -240,30 +244,96 @@ def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str, device: s
     return results
 
 
+def _cell(s) -> str:
+    return "–" if s is None else f"{s['mean']:.2f} ± {_fmt(s['se'])} ({s['n']})"
+
+
+def best_log_px(results: dict) -> tuple[str, dict] | None:
+    """The tightest log p(x) estimate of a run: exact, else AIS, else the largest-K IWAE."""
+    est = results["estimators"]
+    for name in ("exact", "ais"):
+        if name in est:
+            return name, est[name]
+    ks = [n for n in est if n.startswith("iwae_") and n[5:].isdigit()]
+    if not ks:
+        return None
+    name = max(ks, key=lambda n: int(n[5:]))
+    return name, est[name]
+
+
+def comparison_notes(results: list[dict], names: list[str]) -> tuple[dict[int, list[str]],
+                                                                      list[str]]:
+    """Rows that cannot share the likelihood columns with the first row (and why), and notes
+    on columns whose rows were scored on different numbers of test images or under
+    different observation models."""
+    from pgm.representation import incommensurable
+
+    bad = incommensurable(results)
+    notes = []
+    best = [best_log_px(r) for r in results]
+    for col, sizes in [("log p(x)", [b[1]["n"] for b in best if b])] + [
+            (n, [r["estimators"][n]["n"] for r in results if n in r["estimators"]])
+            for n in names]:
+        if len(set(sizes)) > 1:
+            notes.append(f"column {col}: rows average over different numbers of test images "
+                         f"({', '.join(map(str, sizes))}); each is the first n of the split")
+    obs = {(r.get("representation") or {}).get("observation", "unknown") for r in results}
+    obs = {"explicit view" if o.startswith("explicit view") else o for o in obs}
+    if len(obs) > 1:
+        notes.append("rows use different observation models (column 'observation'): their "
+                     "densities are of the same data, but a learned per-pixel scale on 8-bit "
+                     "images can grow without bound on always-black pixels; compare generators "
+                     "like for like with `pgm evaluate --explicit-view` on every run")
+    return bad, notes
+
+
 def comparison(results: list[dict]) -> tuple[str, str]:
-    """One table over several runs' results.json: each estimator's mean ± SE (n)."""
+    """One table over several runs' results.json: each estimator's mean ± SE (n), the best
+    log p(x) estimate, and the data representation and observation model of each row.
+
+    Rows whose numbers cannot share a column with the first row's (other test images,
+    binarised vs grey values, an unnormalised likelihood, an unknown representation) have
+    their cells marked ⚠ and the reasons listed above the table; the nearest-neighbour and
+    Fréchet columns are marked too, as they are distances in the rows' own data."""
+    from pgm.representation import short_label
+
     names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
     quality = any("sample_quality" in r for r in results)
-    header = ["run", "dataset", *names]
+    bad, notes = comparison_notes(results, names)
+    header = ["run", "dataset", "data", "observation", "log p(x) (best)", *names]
     if quality:
         header += ["NN distance samples/test", "Fréchet (samples vs train)"]
     rows = []
-    for r in results:
-        cells = []
-        for n in names:
-            s = r["estimators"].get(n)
-            cells.append("–" if s is None else f"{s['mean']:.2f} ± {_fmt(s['se'])} ({s['n']})")
-        if quality:
+    for i, r in enumerate(results):
+        mark = "⚠ " if i in bad else ""
+        best = best_log_px(r)
+        cells = [mark + (f"{best[0]}: {_cell(best[1])}" if best else "–")]
+        cells += [mark + _cell(r["estimators"].get(n)) if n in r["estimators"] else "–"
+                  for n in names]
+        if quality:  # distances in other data (or another classifier's features) too
             q = r.get("sample_quality")
             fd = q and q["frechet"]
             cells += ["–", "–"] if q is None else [
-                f"{q['nearest_neighbour']['ratio']:.2f}",
-                f"{fd['samples_vs_train']:.2f} (test: {fd['test_vs_train']:.2f})"]
-        rows.append([r["run"], r["dataset"], *cells])
-    md = ("# Comparison of runs\n\nnats per datapoint, mean ± SE (n)\n\n"
-          + _md_table(header, rows) + "\n")
+                f"{mark}{q['nearest_neighbour']['ratio']:.2f}",
+                f"{mark}{fd['samples_vs_train']:.2f} (test: {fd['test_vs_train']:.2f})"]
+        rep = r.get("representation") or {}
+        rows.append([r["run"], r["dataset"], short_label(r), rep.get("observation", "unknown"),
+                     *cells])
+    warn = [f"- ⚠ {results[i]['run']}: {'; '.join(why)}" for i, why in bad.items()]
+    intro = "nats per datapoint, mean ± SE (n)"
+    if bad:
+        intro = ("**NOT COMMENSURABLE: the numbers of the rows marked ⚠ are not comparable "
+                 "with the first row's.**\n\n" + "\n".join(warn) + "\n\n" + intro)
+    md = ("# Comparison of runs\n\n" + intro + "\n\n" + _md_table(header, rows) + "\n"
+          + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
+    items = "".join(f"<li class=\"bad\">{html.escape(w[2:])}</li>" for w in warn)
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>pgm comparison</title>"
             f"<style>{CSS}</style></head><body><h1>Comparison of runs</h1>"
-            "<p>nats per datapoint, mean &plusmn; SE (n)</p>"
-            f"{_html_table(header, rows)}</body></html>")
+            + (f"<p class=\"bad\">NOT COMMENSURABLE: the numbers of the rows marked &#9888; "
+               f"are not comparable with the first row's.</p><ul>{items}</ul>"
+               if bad else "")
+            + "<p>nats per datapoint, mean &plusmn; SE (n)</p>"
+            f"{_html_table(header, rows)}"
+            + ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+               if notes else "") + "</body></html>")
     return md, page

@@ -23,7 +23,7 @@ from pgm.inference.adversarial import (
     train_gan,
 )
 from pgm.models import GAN, get_model_class
-from pgm.models.gan import choose_sigma
+from pgm.models.explicit import choose_sigma
 
 TOY_EPOCHS = 40
 
@@ -121,6 +121,22 @@ def test_each_step_leaves_the_other_player_bitwise_unchanged(loss):
     assert not all(torch.equal(a, b) for a, b in zip(_state(gan.generator).values(),
                                                      g0.values()))
     assert all(p.requires_grad for p in gan.discriminator.parameters())  # unfrozen again
+
+
+def test_averaged_generator_follows_the_trained_one_and_serves_eval_mode():
+    torch.manual_seed(0)
+    gan = GAN(data_dim=3, latent_dim=2, hidden=(8,), output="identity", ema=0.75)
+    opt_g, _ = make_optimizers(gan, GANFitConfig(lr=0.1))
+    before = [p.clone() for p in gan.generator_ema.parameters()]
+    generator_step(gan, opt_g, 16)
+    gan.update_ema()
+    for avg, old, new in zip(gan.generator_ema.parameters(), before, gan.generator.parameters()):
+        torch.testing.assert_close(avg, 0.75 * old + 0.25 * new)
+        assert not avg.requires_grad
+    z = torch.randn(5, 2)
+    torch.testing.assert_close(gan.train().generate(z), gan.generator(z))
+    torch.testing.assert_close(gan.eval().generate(z), gan.generator_ema(z))
+    assert "generator_ema.net.0.weight" in gan.state_dict()  # saved and resumed with the run
 
 
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():

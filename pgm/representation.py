@@ -14,6 +14,7 @@ representation. Three things break that silently:
   trusted.
 - **An unnormalised likelihood**: a Bernoulli on grey values is a cross-entropy, not a
   density of anything.
+- **A conditional model** (the CVAE) is measured as log p(x | y), not log p(x).
 
 Comparable rows can still differ in the *observation model*: a VAE's learned per-pixel
 Gaussian scale can shrink on pixels that are always 0 (MNIST's are 8-bit, ~80% exactly 0), so
@@ -64,8 +65,9 @@ def representation(data, model, *, split: str, explicit_sigma: float | None = No
         if obs.startswith("bernoulli"):
             density = "not normalised (Bernoulli on grey values)"
     x = getattr(data, f"x_{split}")
+    of = "log p(x | y), given the label" if getattr(model, "conditional", False) else "log p(x)"
     return {"representation": {"binarize": binarize, "values": values, "density": density,
-                               "observation": obs},
+                               "observation": obs, "quantity": of},
             "test_images": {"dataset": data.name, "split": split, "n_split": len(x),
                             "sha256": fingerprint(x)}}
 
@@ -100,6 +102,11 @@ def incommensurable(results: list[dict]) -> dict[int, list[str]]:
                 why.append("a Bernoulli likelihood on grey values is not a normalised density")
             if i and ref_rep is not None and rep["density"] != ref_rep["density"]:
                 why.append(f"{rep['density']} vs {ref_rep['density']} in the first row")
+            quantity = rep.get("quantity", "log p(x)")
+            if i and ref_rep is not None and quantity != ref_rep.get("quantity", "log p(x)"):
+                why.append(f"{quantity} vs {ref_rep.get('quantity', 'log p(x)')} in the first "
+                           "row: knowing the label raises the likelihood (log p(x) >= "
+                           "log p(y) + log p(x | y))")
             if i and ref_img is not None and img["sha256"] != ref_img["sha256"]:
                 why.append(f"other test images ({img['dataset']}/{img['split']}, "
                            f"binarize {rep['binarize']}) than the first row "

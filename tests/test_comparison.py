@@ -105,3 +105,14 @@ def test_cli_explicit_view_and_report_flag(tmp_path, capsys, binary):
     assert main(["report", grey, str(tmp_path / "bin"), "--out", str(tmp_path / "cmp")]) == 0
     out, err = capsys.readouterr()
     assert "NOT COMMENSURABLE" in out and f"warning: {tmp_path / 'bin'}" in err
+
+
+def test_a_conditional_row_is_flagged_beside_unconditional_ones(grey):
+    from pgm.models import CVAE
+
+    cvae = CVAE(data_dim=64, n_classes=10)
+    rows = [_results("vae", grey, VAE(data_dim=64), 0.1, ais=(-50.0, 100)),
+            _results("cvae", grey, cvae, 0.1, ais=(-45.0, 100))]
+    assert rows[1]["representation"]["quantity"].startswith("log p(x | y)")
+    assert "log p(x | y)" in " ".join(incommensurable(rows)[1])
+    assert incommensurable(rows[1:]) == {}  # two conditional rows compare

@@ -418,7 +418,15 @@ def _datasets(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (e.g. a sigma on the edge of its grid) as one line, not a source dump."""
+    print(f"pgm: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning
     args = _parser().parse_args(argv)
     handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
                "quickstart": _quickstart, "datasets": _datasets}[args.command]

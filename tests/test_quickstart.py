@@ -21,18 +21,23 @@ def test_every_model_is_trained_evaluated_and_in_one_report(quickstart):
     labels = [r["label"] for r in payload["runs"]]
     assert labels == ["VAE", "autoencoder", "Gaussian mixture", "conditional VAE", "GAN"]
     by_label = {r["label"]: r["estimators"] for r in payload["runs"]}
-    # the same estimators on the same test images: exact where it exists, AIS elsewhere
-    assert {"elbo", "iwae_10", "ais", "exact"} <= set(by_label["VAE"])
-    assert {"ais", "exact"} <= set(by_label["autoencoder"])
+    # the same estimators on the same test images through the same observation model
+    assert {r["test_images"]["sha256"] for r in payload["runs"]} == {
+        payload["runs"][0]["test_images"]["sha256"]}
+    assert all(r["representation"]["observation"].startswith("explicit view")
+               for r in payload["runs"])
+    assert {"elbo", "iwae_10", "ais"} <= set(by_label["VAE"])
+    assert "ais" in by_label["autoencoder"]
     assert not any(k.startswith(("elbo", "iwae")) for k in by_label["autoencoder"])
     assert by_label["Gaussian mixture"]["exact"]["method"] == "enumeration"
     assert {"elbo", "ais", "parzen"} <= set(by_label["GAN"])
+    assert "exact" in by_label["conditional VAE"]  # quadrature of a 2-D code's view
     assert len({r["n"] for r in payload["runs"]}) == 1
     assert all("sample_quality" in r for r in payload["runs"])
     html = (quickstart / "report.html").read_text()
     assert html.count("<img") >= 5 and "pgm train vae" in html
     md = (quickstart / "report.md").read_text()
-    assert "| ais | exact |" in md
+    assert "| ais | exact |" in md and "log p(x | y)" in md  # the CVAE's row is flagged
     assert all(f"## {label}" in md for label in labels)
 
 

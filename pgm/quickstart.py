@@ -3,8 +3,9 @@ r"""``pgm quickstart``: the library's whole story in one command.
 On one dataset (mnist5k by default) it trains a VAE and the autoencoder beside it, a Gaussian
 mixture, a conditional VAE and a GAN; evaluates every one with the same estimators of log p(x)
 on the same test images; and writes one comparison report under ``runs/quickstart/``:
-``report.html`` (self-contained: the table and each model's figures), ``report.md`` and
-``comparison.json`` (every run's ``eval/results.json``, with the commands that made it).
+``report.html`` (self-contained: the table and each model's figures), ``report.md``,
+``comparison.json`` (every run's ``eval/results.json``, with the commands that made it) and
+``samples.png`` (a row of samples from each model).
 
 So that one table can hold them all, every model is trained on the same grey values in [0, 1]
 (a GAN has no Bernoulli version) and measured through the same observation model, the
@@ -123,8 +124,27 @@ def plan(out: str | Path = "runs/quickstart", *, data: str = "mnist5k", size: st
     return steps
 
 
+def samples_figure(runs: list[Model], n: int = 10, seed: int = 0):
+    """One row of ``n`` samples (decoder means; G(z) for the GAN) per run, same seed each."""
+    import torch
+
+    from pgm import plots
+
+    rows, shape = {}, None
+    for m in runs:
+        run = io.load_run(m.run)
+        shape = shape or run.config["data"].get("image_shape")
+        torch.manual_seed(seed)
+        rows[m.label] = run.model.eval().sample(n)
+    if shape is None:
+        return None
+    return plots.interpolations(rows, tuple(shape), title="samples of every model")
+
+
 def write_report(out: str | Path, steps: list[Step]) -> list[Path]:
-    """``report.html``, ``report.md`` and ``comparison.json`` over the quickstart's runs."""
+    """``report.html``, ``report.md``, ``comparison.json`` and ``samples.png`` over the
+    quickstart's runs."""
+    from pgm import plots
     from pgm.report import CSS, _img, comparison
 
     out = Path(out)
@@ -134,6 +154,10 @@ def write_report(out: str | Path, steps: list[Step]) -> list[Path]:
         r["label"] = m.label
     md, page = comparison(results)
     table_html = page.split("<body>", 1)[1].rsplit("</body>", 1)[0]
+    fig = samples_figure(runs) if runs else None
+    samples = [plots.save_figure(fig, out / "samples.png")] if fig is not None else []
+    table_html += "".join(_img(p) for p in samples)
+    md += "".join(f"\n![samples of every model]({p.name})\n" for p in samples)
     sections, md_figs = [], []
     for m in runs:
         paths = [m.run / "figures" / f for f in m.figures if (m.run / "figures" / f).is_file()]
@@ -153,4 +177,4 @@ def write_report(out: str | Path, steps: list[Step]) -> list[Path]:
                "commands": [s.command() for s in steps], "runs": results}
     return [io.atomic_write_text(out / "report.html", html),
             io.atomic_write_text(out / "report.md", md),
-            io.atomic_write_json(out / "comparison.json", payload)]
+            io.atomic_write_json(out / "comparison.json", payload), *samples]

@@ -34,8 +34,9 @@ def test_every_model_is_trained_evaluated_and_in_one_report(quickstart):
     assert "exact" in by_label["conditional VAE"]  # quadrature of a 2-D code's view
     assert len({r["n"] for r in payload["runs"]}) == 1
     assert all("sample_quality" in r for r in payload["runs"])
+    assert (quickstart / "samples.png").read_bytes()[:4] == b"\x89PNG"
     html = (quickstart / "report.html").read_text()
-    assert html.count("<img") >= 5 and "pgm train vae" in html
+    assert html.count("<img") >= 6 and "pgm train vae" in html
     md = (quickstart / "report.md").read_text()
     assert "| ais | exact |" in md and "log p(x | y)" in md  # the CVAE's row is flagged
     assert all(f"## {label}" in md for label in labels)

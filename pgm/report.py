@@ -154,9 +154,10 @@ HEADER = ["estimator", "what", "mean (nats)", "SE", "n", "seconds", "settings", 
 
 
 def _md_table(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    def line(cells):  # a "|" inside a cell (log p(x | y)) would split it
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def _checks_md(checks) -> str:

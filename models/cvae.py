@@ -40,7 +40,7 @@ from pgm.likelihoods import make_likelihood
 from pgm.nets import MLP, ConvDecoder, ConvEncoder, activation
 from pgm.protocol import LatentVariableModel
 
-from .vae import ARCHS
+from .vae import VAEConfig
 
 PRIORS = ("standard", "learned")
 
@@ -52,32 +52,18 @@ def _gaussian(h: torch.Tensor) -> dist.Distribution:
 
 
 @dataclass
-class CVAEConfig:
-    data_dim: int
-    latent_dim: int = 2
-    hidden: tuple[int, ...] = (400,)
-    activation: str = "relu"
-    arch: str = "mlp"  # "mlp" or "conv" (28x28-style images, sides divisible by 4)
-    image_shape: tuple[int, int] | None = None
-    likelihood: str = "bernoulli"  # "bernoulli", "gaussian", "gaussian-learned"
-    likelihood_scale: float = 0.1  # gaussian: fixed scale; gaussian-learned: minimum scale
+class CVAEConfig(VAEConfig):
+    """:class:`VAEConfig` plus the labels: ``n_classes`` and the prior over z given y."""
+
     n_classes: int = 10
     prior: str = "standard"  # "standard": N(0, I); "learned": p(z | y) = N(mu_y, diag e^{s_y})
 
     def __post_init__(self):
-        if self.data_dim < 1 or self.latent_dim < 1:
-            raise ValueError("data_dim and latent_dim must be positive")
+        super().__post_init__()
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}; known: {', '.join(PRIORS)}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; known: {', '.join(ARCHS)}")
-        if self.arch == "conv":
-            if self.image_shape is None:
-                raise ValueError("arch='conv' needs image_shape")
-            if self.image_shape[0] * self.image_shape[1] != self.data_dim:
-                raise ValueError(f"image_shape {self.image_shape} does not match data_dim")
 
 
 class _ConvCondEncoder(nn.Module):

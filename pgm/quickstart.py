@@ -35,7 +35,7 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about ten minutes on 2 CPU cores; "small" is for tests and smoke runs.
+#: "default" takes about five minutes on 2 CPU cores; "small" is for tests and smoke runs.
 SETTINGS = {
     "default": {"epochs": 30, "gan_epochs": 100, "components": 100, "n": 50,
                 "k": "1,10,100,1000", "ais_n": 50, "ais_steps": 300, "ais_chains": 4},
@@ -103,7 +103,7 @@ def plan(out: str | Path = "runs/quickstart", *, data: str = "mnist5k", size: st
     s, out = SETTINGS[size], Path(out)
     common = ("--data", data, "--seed", str(seed), "--device", device)
     quiet = () if progress else ("--no-progress",)
-    vae, ae, gmm, cvae, gan = (m.run for m in models(out))
+    vae, _, gmm, cvae, gan = (m.run for m in models(out))  # the AE trains beside the VAE
 
     def train(title, model, run, *extra):
         return Step(title, ("train", model, *common, "--out", str(run), *extra, *quiet), run)

@@ -266,35 +266,22 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
     start_epoch = 0
 
     if out is not None and resume:
-        ckpt = io.load_checkpoint(out / io.CHECKPOINT, map_location=device)
-        saved_cfg = from_dict(GANFitConfig, ckpt["fit_config"])
-        if replace(saved_cfg, epochs=cfg.epochs, device=cfg.device) != cfg:
-            raise CheckpointError(f"{out} was trained with different settings; resume with the "
-                                  "same options (only --epochs and --device may change)")
+        ckpt = io.resume_checkpoint(out, cfg, device)
         io._load_state_dict(gan, ckpt["model"], out / io.CHECKPOINT)
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in ckpt:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
         start_epoch = ckpt["epoch"]
         history = list(ckpt["history"])
         steps = [[int(r[0]), int(r[1]), *r[2:]] for r in ckpt["steps"].tolist()]
         x_grid, snapshots = ckpt["x_grid"], list(ckpt["snapshots"])
     else:
-        if out is not None and (out / io.CHECKPOINT).exists():
-            raise CheckpointError(f"{out} already holds a run; pass resume=True (--resume) to "
-                                  "continue it, or choose another output directory")
+        io.refuse_existing_run(out)
         pyro.set_rng_seed(cfg.seed)
         x_grid = snapshot_grid(gan, data.x_train, cfg.seed) if one_d else torch.zeros(0)
         if one_d:
             snapshots.append(snapshot_1d(gan, x_grid, 0, cfg.seed))
         if out is not None:
-            io.atomic_write_json(out / io.CONFIG, {
-                "format": io.RUN_FORMAT, "version": io.RUN_VERSION, "model": gan.name,
-                "model_config": to_dict(gan.config), "data": data.describe(),
-                "fit": to_dict(cfg), "trainer": "adversarial", "device": str(device),
-                "versions": io.versions()})
+            io.write_run_config(out, gan, data, cfg, device, trainer="adversarial")
 
     z_fixed = gan.sample_z(64, _noise_generator(cfg.seed, _FIXED_Z))
     z_eval = gan.sample_z(max(len(x_valid), 1), _noise_generator(cfg.seed, _FIXED_Z + 10))

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from pgm import distributed as dist
 from pgm import io
-from pgm.config import from_dict, to_dict
+from pgm.config import to_dict
 from pgm.device import resolve_device
-from pgm.errors import CheckpointError, TrainingDivergedError
+from pgm.errors import TrainingDivergedError
 
 from .objectives import make_objective, reparam_log_weights
 
@@ -137,32 +137,20 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
     best_state = copy.deepcopy(model.state_dict())
 
     if out is not None and resume:
-        ckpt = io.load_checkpoint(out / io.CHECKPOINT, map_location=device)
-        saved_cfg = from_dict(FitConfig, ckpt["fit_config"])
-        if replace(saved_cfg, epochs=cfg.epochs, device=cfg.device) != cfg:
-            raise CheckpointError(f"{out} was trained with different settings; resume with the "
-                                  "same options (only --epochs and --device may change)")
+        ckpt = io.resume_checkpoint(out, cfg, device)
         io._load_state_dict(model, ckpt["model"], out / io.CHECKPOINT)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in ckpt:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
         start_epoch, best_elbo, bad_epochs = ckpt["epoch"], ckpt["best_elbo"], ckpt["bad_epochs"]
         history = io.read_history(out / io.HISTORY)[:start_epoch]
         io.load_weights(best_model := copy.deepcopy(model), out / io.WEIGHTS)
         best_state = copy.deepcopy(best_model.state_dict())
     else:
-        if out is not None and (out / io.CHECKPOINT).exists():
-            raise CheckpointError(f"{out} already holds a run; pass resume=True (--resume) to "
-                                  "continue it, or choose another output directory")
+        io.refuse_existing_run(out)
         pyro.set_rng_seed(cfg.seed)
         model.initialize(x_train, y_train)
         if writes:
-            io.atomic_write_json(out / io.CONFIG, {
-                "format": io.RUN_FORMAT, "version": io.RUN_VERSION, "model": model.name,
-                "model_config": to_dict(model.config), "data": data.describe(),
-                "fit": to_dict(cfg), "device": str(device), "versions": io.versions()})
+            io.write_run_config(out, model, data, cfg, device)
 
     n, has_valid = len(x_train), len(x_valid) > 0
     if world > 1:  # after init/resume: DDP broadcasts rank 0's weights

@@ -140,6 +140,42 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 # ---- history and config ----------------------------------------------------------------------
+def resume_checkpoint(out: Path, cfg, device: torch.device) -> dict:
+    """The checkpoint of the run in ``out``, after checking that it was trained with ``cfg``
+    (a fit-config dataclass; only ``epochs`` and ``device`` may differ) and restoring torch's
+    random state from it, so the continued run draws what the uninterrupted one would."""
+    from dataclasses import replace
+
+    from .config import from_dict
+
+    ckpt = load_checkpoint(out / CHECKPOINT, map_location=device)
+    saved = from_dict(type(cfg), ckpt["fit_config"])
+    if replace(saved, epochs=cfg.epochs, device=cfg.device) != cfg:
+        raise CheckpointError(f"{out} was trained with different settings; resume with the "
+                              "same options (only --epochs and --device may change)")
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in ckpt:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
+    return ckpt
+
+
+def refuse_existing_run(out: Path | None) -> None:
+    """A new run never overwrites one: CheckpointError if ``out`` holds a checkpoint."""
+    if out is not None and (out / CHECKPOINT).exists():
+        raise CheckpointError(f"{out} already holds a run; pass resume=True (--resume) to "
+                              "continue it, or choose another output directory")
+
+
+def write_run_config(out: Path, model, data, cfg, device: torch.device, **extra) -> Path:
+    """RUN/config.json: the model's name and config, the data, the fit settings, versions."""
+    from .config import to_dict
+
+    return atomic_write_json(out / CONFIG, {
+        "format": RUN_FORMAT, "version": RUN_VERSION, "model": model.name,
+        "model_config": to_dict(model.config), "data": data.describe(), "fit": to_dict(cfg),
+        **extra, "device": str(device), "versions": versions()})
+
+
 def write_history(path: str | Path, rows: list[dict]) -> Path:
     buf = io.StringIO()
     if rows:

@@ -160,12 +160,14 @@ class Evaluation:
         return {name: est.summary() for name, est in self.estimators.items()}
 
 
-def _best_log_px(est: dict[str, Estimate]) -> tuple[str, Estimate]:
+def best_log_px_name(names) -> str | None:
+    """The tightest log p(x) estimate among estimator ``names``: exact, else AIS, else the
+    largest-K IWAE bound; None if there is none."""
     for name in ("exact", "ais"):
-        if name in est:
-            return name, est[name]
-    k = max(int(n.split("_")[1]) for n in est if n.startswith("iwae_") and n[5:].isdigit())
-    return f"iwae_{k}", est[f"iwae_{k}"]
+        if name in names:
+            return name
+    ks = [n for n in names if n.startswith("iwae_") and n[5:].isdigit()]
+    return max(ks, key=lambda n: int(n[5:])) if ks else None
 
 
 def evaluate(model, data, config: EvalConfig | None = None, *,
@@ -358,7 +360,8 @@ def _bdmc(model, y, n, cfg, report) -> tuple[Estimate, Estimate]:
 def _gaps(estimators, x, cfg, bind, report) -> dict[str, Estimate]:
     from pgm.inference.gaps import amortization_gaps
 
-    name, best = _best_log_px(estimators)
+    name = best_log_px_name(estimators)
+    best = estimators[name]
     m = min(cfg.gaps_n, len(best.per_datapoint))
     rows, batches = [], _batches(m, cfg.batch_size)
     start, end = _span(batches)

@@ -250,16 +250,11 @@ def _cell(s) -> str:
 
 
 def best_log_px(results: dict) -> tuple[str, dict] | None:
-    """The tightest log p(x) estimate of a run: exact, else AIS, else the largest-K IWAE."""
-    est = results["estimators"]
-    for name in ("exact", "ais"):
-        if name in est:
-            return name, est[name]
-    ks = [n for n in est if n.startswith("iwae_") and n[5:].isdigit()]
-    if not ks:
-        return None
-    name = max(ks, key=lambda n: int(n[5:]))
-    return name, est[name]
+    """The tightest log p(x) estimate of a run (:func:`pgm.evaluation.best_log_px_name`)."""
+    from pgm.evaluation import best_log_px_name
+
+    name = best_log_px_name(results["estimators"])
+    return None if name is None else (name, results["estimators"][name])
 
 
 def comparison_notes(results: list[dict], names: list[str]) -> tuple[dict[int, list[str]],

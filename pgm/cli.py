@@ -420,7 +420,7 @@ def _datasets(args) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (e.g. a sigma on the edge of its grid) as one line, not a source dump."""
-    print(f"pgm: warning: {message}", file=sys.stderr)
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

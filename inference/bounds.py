@@ -176,6 +176,7 @@ def elbo(
         per_datapoint,
         seconds=time.perf_counter() - start,
         extra={"K": K, "proposal": proposal, "mc_se": mc_se},
+        bound="lower",
     )
 
 
@@ -225,6 +226,7 @@ def iwae_from_log_weights(
                 "ess_mean": ess.mean().item(),
                 "ess_min": ess.min().item(),
             },
+            bound="lower",
         )
     return out
 

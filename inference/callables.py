@@ -16,7 +16,10 @@ latent dimensions; ``x`` is ``(B, D)`` or any ``(B, ...)``)::
                                       started from the prior
 
 Every estimator returns an :class:`Estimate`: per-datapoint values in nats and their mean with
-a standard error across datapoints.
+a standard error across datapoints, and what the number is (:data:`BOUNDS`): a lower bound of
+log p(x) in expectation (ELBO, IWAE, AIS), an upper bound (BDMC's reverse AIS), exact (closed
+form, enumeration), numerical (quadrature to a tolerance), or none of these (a Parzen window,
+a diagnostic).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class LatentCallables(NamedTuple):
     sample_prior: Callable[[int, int], Tensor] | None = None
 
 
+#: What an estimate is, relative to log p(x) of the datapoints it was computed on.
+BOUNDS = ("lower", "upper", "exact", "numerical", "none")
+
+
 @dataclass(frozen=True)
 class Estimate:
     """One estimator's result on a set of datapoints.
@@ -58,6 +65,10 @@ class Estimate:
         extra: the estimator's settings (K, steps, chains) and diagnostics (acceptance, ESS,
             Monte-Carlo standard errors). Scalars are plain Python numbers; tensors are kept as
             tensors and left out of :meth:`summary`.
+        bound: one of :data:`BOUNDS`: how the value relates to log p(x) (in expectation for
+            the stochastic bounds).
+        data: ``"test"`` (the evaluated datapoints) or ``"simulated"`` (drawn from the model,
+            as BDMC needs).
     """
 
     per_datapoint: Tensor
@@ -66,17 +77,24 @@ class Estimate:
     n: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    bound: str = "none"
+    data: str = "test"
+
+    def __post_init__(self):
+        if self.bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
 
     @classmethod
     def of(
-        cls, per_datapoint: Tensor, *, seconds: float, extra: dict[str, Any] | None = None
+        cls, per_datapoint: Tensor, *, seconds: float, extra: dict[str, Any] | None = None,
+        bound: str = "none", data: str = "test",
     ) -> Estimate:
         """Summarise per-datapoint values: mean and standard error across datapoints."""
         values = per_datapoint.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
         n = values.numel()
         mean = values.mean().item() if n else math.nan
         se = (values.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else math.nan
-        return cls(values, mean, se, n, float(seconds), dict(extra or {}))
+        return cls(values, mean, se, n, float(seconds), dict(extra or {}), bound, data)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready ``{"mean", "se", "n", "seconds", ...}`` with the scalar extras."""
@@ -85,6 +103,8 @@ class Estimate:
             "se": self.se,
             "n": self.n,
             "seconds": self.seconds,
+            "bound": self.bound,
+            "data": self.data,
         }
         for key, value in self.extra.items():
             if isinstance(value, bool | int | float | str) or value is None:

@@ -2,12 +2,12 @@ r"""Training objectives: callables ``loss(x, y, beta) -> scalar``, the negative 
 
 - ``elbo``: :math:`\mathbb E_q[\log p(x|z) + \beta(\log p(z) - \log q(z|x))]` with one
   reparameterized sample. Pyro's :class:`~pyro.infer.Trace_ELBO` computes it from traces;
-  for models whose guide is reparameterized (``model.reparameterized``) pgm computes the same
-  number straight from the contract's plain distributions, skipping ~1 ms of tracing per
+  for models with plain distributions and a continuous latent (:func:`fast_path`) pgm
+  computes the same number straight from those distributions, skipping ~1 ms of tracing per
   step. tests/test_objectives.py proves value and gradient equal to Trace_ELBO's for the
   same noise.
 - ``elbo-analytic``: :class:`~pyro.infer.TraceMeanField_ELBO`, the closed-form KL.
-- models that enumerate a discrete latent (``model.enumerated``, the GMM) train ``elbo``
+- models that enumerate a discrete latent (``model.latent == "discrete"``, the GMM) train ``elbo``
   with :class:`~pyro.infer.TraceEnum_ELBO`.
 - ``iwae``: the importance-weighted bound :math:`\log \frac1K \sum_k w_k` of Burda et al.
   (2015), which is :class:`~pyro.infer.RenyiELBO` with ``alpha=0``; computed from the plain
@@ -46,6 +46,12 @@ class ScaleLatents(Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
+def fast_path(model) -> bool:
+    """Whether the ELBO can be computed from the model's plain distributions, reparameterized
+    (its declared capabilities, :mod:`pgm.protocol`)."""
+    return model.plain_distributions and model.latent == "continuous"
+
+
 def reparam_log_weights(model, x, y=None, num_particles: int = 1, beta: float = 1.0):
     r"""(K, B) :math:`\log p(x|z_k) + \beta(\log p(z_k) - \log q(z_k|x))`, z_k ~ q(z|x).
 
@@ -64,8 +70,8 @@ def make_objective(model, objective: str = "elbo", num_particles: int = 1, *,
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if objective == "iwae":
-        if not model.reparameterized:
-            raise ValueError(f"the iwae objective needs a reparameterized guide; "
+        if not fast_path(model):
+            raise ValueError(f"the iwae objective needs plain reparameterized distributions; "
                              f"{type(model).__name__} has none")
 
         def iwae_loss(x, y=None, beta=1.0):
@@ -73,12 +79,12 @@ def make_objective(model, objective: str = "elbo", num_particles: int = 1, *,
             return -(torch.logsumexp(log_w, 0) - math.log(num_particles)).mean()
 
         return iwae_loss
-    if objective == "elbo" and model.reparameterized and not use_pyro:
+    if objective == "elbo" and fast_path(model) and not use_pyro:
         def elbo_loss(x, y=None, beta=1.0):
             return -reparam_log_weights(model, x, y, num_particles, beta).mean()
 
         return elbo_loss
-    if model.enumerated:
+    if model.latent == "discrete":
         if objective != "elbo":
             raise ValueError(f"{type(model).__name__} enumerates its discrete latent; "
                              "train it with objective='elbo' (TraceEnum_ELBO)")

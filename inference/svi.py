@@ -37,7 +37,7 @@ from pgm.config import to_dict
 from pgm.device import resolve_device
 from pgm.errors import TrainingDivergedError
 
-from .objectives import make_objective, reparam_log_weights
+from .objectives import fast_path, make_objective, reparam_log_weights
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 
@@ -87,7 +87,7 @@ def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
         return math.nan
     was_training = model.training
     model.eval()
-    elbo = make_objective(model, "elbo") if not model.reparameterized else None
+    elbo = None if fast_path(model) else make_objective(model, "elbo")
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]

@@ -7,9 +7,10 @@ from .gan import GAN, ExplicitGAN, GANConfig
 from .gmm import GMM, GMMConfig
 from .linear_gaussian import LinearGaussian, LinearGaussianConfig
 from .vae import VAE, Autoencoder, VAEConfig
+from .vae2 import TwoLayerVAE, TwoLayerVAEConfig
 
-MODELS = {cls.name: cls for cls in (VAE, Autoencoder, LinearGaussian, GMM, CVAE, HalfImageCVAE,
-                                       GAN)}
+MODELS = {cls.name: cls for cls in (VAE, Autoencoder, TwoLayerVAE, LinearGaussian, GMM, CVAE,
+                                       HalfImageCVAE, GAN)}
 
 
 def get_model_class(name: str):
@@ -22,5 +23,6 @@ def get_model_class(name: str):
 __all__ = [
     "CVAE", "GAN", "GMM", "MODELS", "VAE", "Autoencoder", "CVAEConfig", "ExplicitGAN",
     "GANConfig", "GMMConfig", "HalfImageCVAE",
-    "LinearGaussian", "LinearGaussianConfig", "VAEConfig", "get_model_class",
+    "LinearGaussian", "LinearGaussianConfig", "TwoLayerVAE", "TwoLayerVAEConfig", "VAEConfig",
+    "get_model_class",
 ]

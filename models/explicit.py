@@ -15,11 +15,12 @@ measure, so a VAE with a learned per-pixel scale, whose density on 8-bit images 
 bound as the scale of always-black pixels shrinks, and a GAN, which has no density, get
 numbers that mean the same thing.
 
-- :func:`explicit_view` builds the view: :meth:`pgm.models.gan.GAN.as_explicit` for a GAN
-  (guide = prior), :class:`MeanView` for a continuous-latent model (its encoder stays the
-  proposal, so IWAE is tight where q is good), and for a mixture another :class:`~pgm.models.GMM`
-  with the same weights and means and every scale :math:`\sigma` (its exact log p(x) is still
-  an enumeration).
+- Each model builds its own view (``model.explicit_view(sigma)``, declared beside the model):
+  :meth:`pgm.models.gan.GAN.explicit_view` for a GAN (guide = prior), :class:`MeanView` for a
+  continuous-latent model (the default of :class:`~pgm.protocol.LatentVariableModel`: its
+  encoder stays the proposal, so IWAE is tight where q is good), and for a mixture another
+  :class:`~pgm.models.GMM` with the same weights and means and every scale :math:`\sigma` (its
+  exact log p(x) is still an enumeration). :func:`explicit_view` asks the model for it.
 - :func:`choose_sigma` picks :math:`\sigma` on validation data, as Wu et al. do.
 """
 
@@ -28,15 +29,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 
 from pgm.protocol import LatentVariableModel
 
-from .gan import GAN, init_gaussian_view
-from .gmm import GMM
+from .gan import init_gaussian_view
 
 DEFAULT_SIGMAS = (0.05, 0.1, 0.14, 0.2, 0.28, 0.4)  # sqrt(2) apart in the middle
 METHODS = ("ais", "iwae", "exact")
@@ -51,7 +50,7 @@ class MeanView(LatentVariableModel):
     def __init__(self, base: LatentVariableModel, sigma: float):
         super().__init__()
         self.base, self.conditional = base, base.conditional
-        self.point_guide = base.point_guide  # an autoencoder's Delta stays no proposal
+        self.guide_density = base.guide_density  # an autoencoder's Delta stays no proposal
         init_gaussian_view(self, base, sigma)
 
     def prior(self, n, y=None):
@@ -64,25 +63,13 @@ class MeanView(LatentVariableModel):
         return self.likelihood(self.base.decode(z, y).mean)
 
 
-def _mixture_view(gmm: GMM, sigma: float) -> GMM:
-    view = GMM(replace(gmm.config, likelihood="gaussian", min_scale=min(gmm.config.min_scale,
-                                                                        sigma / 2)))
-    with torch.no_grad():
-        view.set_parameters(gmm.weights, gmm.means, torch.full_like(gmm.means, sigma))
-    return view.to(gmm.logits.device).eval()
-
-
 def explicit_view(model, sigma: float) -> LatentVariableModel:
     r"""The model :math:`p(z)\,\mathcal N(x; \mu(z), \sigma^2 I)` of ``model``'s generator."""
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    if isinstance(model, GAN):
-        return model.as_explicit(sigma)
-    if isinstance(model, GMM):
-        return _mixture_view(model, sigma)
-    if isinstance(model, LatentVariableModel) and not model.enumerated:
-        return MeanView(model, sigma)
-    raise TypeError(f"no explicit Gaussian view for {type(model).__name__}")
+    if not hasattr(model, "explicit_view"):
+        raise TypeError(f"{type(model).__name__} declares no explicit Gaussian view")
+    return model.explicit_view(sigma)
 
 
 class SigmaChoice(NamedTuple):
@@ -109,12 +96,12 @@ def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method:
     prior for a GAN, the encoder for a VAE) with K draws, which is enough for 1-D toys but, in
     784 dimensions with a small sigma and the prior as proposal, so loose that it favours a
     large sigma. Both are lower bounds whose looseness grows as sigma shrinks, so the choice
-    leans large rather than small. A mixture is always scored exactly (``method`` is then
-    recorded as ``"exact"``). Seeds are fixed so every sigma sees the same random numbers. A
-    best sigma on the edge of the grid warns. A conditional model needs its labels
-    ``y_valid``. Cost: ``len(sigmas) * ais_steps * 11`` generator
-    passes over ``n * ais_chains`` rows (mnist5k, the default MLP GAN, n=20, 100 steps: about
-    4 s per sigma on one CPU thread).
+    leans large rather than small. A model whose view has an exact marginal (a mixture) is
+    always scored exactly (``method`` is then recorded as ``"exact"``). Seeds are fixed so
+    every sigma sees the same random numbers. A best sigma on the edge of the grid warns. A
+    conditional model needs its labels ``y_valid``. Cost: ``len(sigmas) * ais_steps * 11``
+    generator passes over ``n * ais_chains`` rows (mnist5k, the default MLP GAN, n=20, 100
+    steps: about 4 s per sigma on one CPU thread).
     """
     from pgm.inference.adapter import latent_callables
     from pgm.inference.ais import ais
@@ -126,10 +113,11 @@ def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method:
     sigmas = tuple(float(s) for s in sigmas)
     if not sigmas or min(sigmas) <= 0:
         raise ValueError(f"sigmas must be positive, got {sigmas}")
-    if isinstance(model, GMM):
+    if explicit_view(model, sigmas[0]).exact_method is not None:
         method = "exact"
     elif method == "exact":
-        raise ValueError(f"method='exact' needs a mixture, not {type(model).__name__}")
+        raise ValueError(f"method='exact' needs a view with an exact marginal; "
+                         f"{type(model).__name__}'s has none")
     if getattr(model, "conditional", False) and y_valid is None:
         raise ValueError(f"{type(model).__name__} is conditional: pass its labels as y_valid")
     t0 = time.perf_counter()

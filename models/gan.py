@@ -40,7 +40,7 @@ the generator's output makes a latent-variable model with a density,
 
     p_\sigma(x) = \int p(z)\, \mathcal N(x; G(z), \sigma^2 I)\, dz,
 
-which :meth:`GAN.as_explicit` returns as an :class:`ExplicitGAN` honouring the model/guide
+which :meth:`GAN.explicit_view` returns as an :class:`ExplicitGAN` honouring the model/guide
 contract (:mod:`pgm.protocol`), so :func:`pgm.evaluation.evaluate`, IWAE and AIS measure it
 like any VAE. Choices made there:
 
@@ -201,7 +201,14 @@ class GAN(nn.Module):
 
     name = "gan"
     Config = GANConfig
+    # what the model can do (pgm.protocol): no density of its own, so it is measured through
+    # :meth:`explicit_view`, with sample quality; no guide, no plain distributions
     conditional = False
+    latent = "continuous"
+    guide_density = False
+    plain_distributions = False
+    exact_method = None
+    has_density = False
 
     def __init__(self, config: GANConfig | None = None, **kwargs):
         super().__init__()
@@ -287,7 +294,7 @@ class GAN(nn.Module):
                             "but a sigmoid generator outputs [0, 1]; use output='identity' for "
                             "real-valued data")
 
-    def as_explicit(self, sigma: float) -> ExplicitGAN:
+    def explicit_view(self, sigma: float) -> ExplicitGAN:
         """The contract view p(u) N(x; G(z(u)), sigma^2 I) sharing this GAN's generator."""
         return ExplicitGAN(self, sigma)
 

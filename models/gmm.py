@@ -31,7 +31,7 @@ them where the decoder has seen data (the "aggregate posterior" of the codes).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro
 import pyro.distributions as dist
@@ -84,8 +84,8 @@ class GMM(LatentVariableModel):
 
     name = "gmm"
     Config = GMMConfig
-    enumerated = True
-    reparameterized = False
+    latent = "discrete"
+    exact_method = "enumeration"
 
     def __init__(self, config: GMMConfig | None = None, **kwargs):
         super().__init__()
@@ -279,6 +279,16 @@ class GMM(LatentVariableModel):
             if len(trace) > 1 and trace[-1] - trace[-2] < tol:
                 break
         return trace
+
+    def explicit_view(self, sigma: float) -> GMM:
+        """The same weights and means with every scale ``sigma`` (Gaussian components)."""
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        c = self.config
+        view = GMM(replace(c, likelihood="gaussian", min_scale=min(c.min_scale, sigma / 2)))
+        with torch.no_grad():
+            view.set_parameters(self.weights, self.means, torch.full_like(self.means, sigma))
+        return view.to(self.logits.device).eval()
 
     # ---- sampling ------------------------------------------------------------------------
     @torch.no_grad()

@@ -32,6 +32,7 @@ class LinearGaussian(LatentVariableModel):
 
     name = "linear-gaussian"
     Config = LinearGaussianConfig
+    exact_method = "closed form"
 
     def __init__(self, config: LinearGaussianConfig | None = None, **kwargs):
         super().__init__()

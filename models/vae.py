@@ -91,7 +91,7 @@ class Autoencoder(VAE):
     """The same networks with a Delta guide q(z|x) = delta(z - m(x)): no noise on the code."""
 
     name = "ae"
-    point_guide = True
+    guide_density = False
 
     def encode(self, x, y=None):
         m, _ = self.encode_params(x, y)

@@ -15,11 +15,21 @@ from pgm.data import Dataset, available_datasets, load_dataset  # noqa: E402
 from pgm.evaluation import EvalConfig, evaluate  # noqa: E402
 from pgm.inference.svi import FitConfig, fit  # noqa: E402
 from pgm.io import Run, load_run  # noqa: E402
-from pgm.models import CVAE, GAN, GMM, MODELS, VAE, Autoencoder, VAEConfig  # noqa: E402
+from pgm.models import (  # noqa: E402
+    CVAE,
+    GAN,
+    GMM,
+    MODELS,
+    VAE,
+    Autoencoder,
+    TwoLayerVAE,
+    VAEConfig,
+)
 from pgm.protocol import LatentVariableModel  # noqa: E402
+from pgm.report import write_evaluation  # noqa: E402
 
 __all__ = [
     "CVAE", "GAN", "GMM", "MODELS", "VAE", "Autoencoder", "Dataset", "EvalConfig", "FitConfig",
-    "LatentVariableModel", "Run", "VAEConfig", "available_datasets", "evaluate", "fit",
-    "load_dataset", "load_run",
+    "LatentVariableModel", "Run", "TwoLayerVAE", "VAEConfig", "available_datasets", "evaluate",
+    "fit", "load_dataset", "load_run", "write_evaluation",
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from pgm import distributed
 from pgm.errors import PgmError
 
-TRAINABLE = ("vae", "ae", "gmm", "cvae", "gan")
+TRAINABLE = ("vae", "vae2", "ae", "gmm", "cvae", "gan")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -243,6 +243,9 @@ def _build_model(args, data):
         likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
         return cls(cls.Config(data_dim=data.data_dim, components=args.components,
                               likelihood="gaussian" if likelihood != "bernoulli" else likelihood))
+    if args.model == "vae2":  # Burda et al.'s sizes: 100-50 stochastic, 200/100 tanh units
+        return cls(cls.Config(data_dim=data.data_dim, likelihood=args.likelihood or (
+            "bernoulli" if images else "gaussian-learned")))
     extra = {}
     if args.model == "cvae":
         if data.y_train is None or data.n_classes is None:
@@ -297,27 +300,19 @@ def _evaluate(args) -> int:
     from pgm.data import load_dataset
     from pgm.device import resolve_device
     from pgm.evaluation import EvalConfig, evaluate, with_preset
-    from pgm.report import write_evaluation
+    from pgm.report import table_rows, write_evaluation
 
     run = io.load_run(args.run)
     d = run.config["data"]
     data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
                         valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
-    model, extra, sigma = run.model, {}, None
-    if run.config["model"] == "gan" or args.explicit_view:  # the view N(mean(z), s^2 I)
-        from pgm.models.explicit import choose_sigma, explicit_view
-
-        choice = choose_sigma(run.model, data.x_valid, n=20, ais_steps=100, ais_chains=4,
-                              seed=args.seed, y_valid=data.y_valid)
-        model, sigma = explicit_view(run.model, choice.sigma), choice.sigma
-        extra["explicit_sigma"] = sigma
-        extra["explicit_sigma_choice"] = choice._asdict()
     cfg = with_preset(EvalConfig(
         ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
         ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
         ais_schedule=args.ais_schedule, ais_n=args.ais_n, bdmc=args.bdmc, gaps=args.gaps,
         gaps_n=args.gaps_n, exact=not args.no_exact, posterior_check=args.posterior_check,
+        explicit_view=args.explicit_view, sample_quality=args.sample_quality,
         seed=args.seed, device=args.device),
         args.preset)
     device = resolve_device(cfg.device)
@@ -326,31 +321,19 @@ def _evaluate(args) -> int:
         print(f"note: AIS's {n_ais} datapoints make fewer batches of {cfg.batch_size} than the "
               f"{world} ranks, so some ranks idle; a smaller --batch-size spreads them (values "
               "depend on --batch-size, not on the number of ranks)", file=sys.stderr)
-    ev = evaluate(model, data, cfg, progress=_progress_bars(
+    ev = evaluate(run.model, data, config=cfg, cache_dir=args.run, progress=_progress_bars(
         False if args.no_progress or not distributed.is_main() else None))
     if not distributed.is_main():
         return 0
-    if args.sample_quality or run.config["model"] == "gan":
-        from pgm.inference.parzen import parzen_log_likelihood
-        from pgm.sample_quality import sample_quality
-
-        ev.estimators["parzen"] = parzen_log_likelihood(run.model, data, split=cfg.split,
-                                                        n=cfg.n, seed=cfg.seed)
-        extra["sample_quality"] = sample_quality(run.model, data, run_dir=args.run,
-                                                 seed=cfg.seed)
-    from pgm.representation import representation
-
-    extra.update(representation(data, run.model, split=cfg.split, explicit_sigma=sigma))
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
-                               world_size=world, extra=extra)
-    from pgm.report import table_rows
-
+                               world_size=world)
     for row in table_rows(results):
         print(f"{row[0]:14s} {row[2]:>10s} ± {row[3]:<7s} n={row[4]:<5s} {row[5]:>7s} s")
-    bad = [c for c in results["checks"] if not c["ok"]]
-    for c in bad:
-        print(f"warning: {c['lower']} > {c['upper']} by {c['diff_mean']:.3f} ± "
-              f"{c['diff_se']:.3f} nats", file=sys.stderr)
+    for c in results["checks"]:
+        if not c["ok"]:
+            print(f"warning: {c['lower']} > {c['upper']} by {c['diff_mean']:.3f} ± "
+                  f"{c['diff_se']:.3f} nats", file=sys.stderr)
+    print(f"best estimate of log p(x): {results['best']}")
     print(f"wrote {Path(args.run) / 'eval'}/results.json, report.md, report.html")
     return 0
 

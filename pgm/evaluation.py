@@ -1,20 +1,30 @@
-r"""``evaluate()``: every estimator of log p(x) on one trained model, with error bars.
+r"""``evaluate()``: every estimator of log p(x) on one model, with error bars.
 
 log p(x) = ELBO + KL(q(z|x) || p(z|x)): this module measures both sides. On ``n`` datapoints
-of a split it draws ``max(ks)`` importance weights per datapoint once, and from them reports
-the ELBO and every IWAE_K (Burda et al. 2015) with PSIS k-hat; on the first ``ais_n`` of them
-AIS with HMC (Wu et al. 2017); optionally BDMC's upper bound on data simulated from the
-model (Grosse et al. 2015), the amortization/approximation gaps (Cremer et al. 2018), and
-exact log p(x) where it exists (closed form, enumeration, or quadrature for latent dim <= 2).
+it draws ``max(ks)`` importance weights per datapoint once, and from them reports the ELBO and
+every IWAE_K (Burda et al. 2015) with PSIS k-hat; on the first ``ais_n`` of them AIS with HMC
+(Wu et al. 2017); optionally BDMC's upper bound on data simulated from the model (Grosse et
+al. 2015), the amortization/approximation gaps (Cremer et al. 2018), exact log p(x) where the
+model has one (closed form, enumeration), and quadrature for a latent of dimension <= 2.
 
-Datapoints are processed in batches aligned to their index in the split; each batch's random
-stream is seeded from (seed, index of its first datapoint), so results do not depend on how
-the work is split up. Under ``torchrun`` each rank takes a contiguous run of whole batches
-(:func:`pgm.distributed.shard`) and the per-batch results are gathered in index order on
-every rank, so a sharded run returns the per-datapoint values of an unsharded one; an
-estimator's ``seconds`` then sums the ranks' time. Everything here is built on
-:func:`pgm.inference.adapter.latent_callables` and works for any model that honours the
-contract.
+What is measured (:class:`Subject`) is either one of pgm's models -- ``evaluate(model, data)``,
+which also chooses an explicit Gaussian view and its sigma where asked or where the model has
+no density of its own, measures sample quality, and records what the numbers are densities of
+-- or any Pyro program -- ``evaluate(model, guide, x, *args)``, read from its traces by
+:class:`pgm.inference.program.Program`. The estimators see only the callables either way.
+
+Datapoints are processed in batches aligned to their index; :func:`map_batches` runs each
+batch in its own random stream, seeded from (seed, index of its first datapoint, estimator)
+inside :func:`torch.random.fork_rng`, so results do not depend on how the work is split up and
+leave the caller's RNG alone. Under ``torchrun`` each rank takes a contiguous run of whole
+batches (:func:`pgm.distributed.shard`) and the per-batch results are gathered in index order
+on every rank, so a sharded run returns the per-datapoint values of an unsharded one; an
+estimator's ``seconds`` then sums the ranks' time.
+
+The best estimate of log p(x) (:func:`best_log_px_name`) follows a stated rule: an exact value
+if there is one, else a numerical one (quadrature), else among the lower bounds on the
+evaluated data the most precise (smallest standard error of its mean) of those whose paired
+difference to the highest one, on the datapoints they share, is within two standard errors.
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ from pgm import distributed as dist
 from pgm.device import resolve_device
 from pgm.errors import DataError
 from pgm.inference.adapter import latent_callables
-from pgm.inference.bounds import iwae_from_log_weights, log_importance_weights
-from pgm.inference.callables import Estimate
+from pgm.inference.bounds import check_data, iwae_from_log_weights, log_importance_weights
+from pgm.inference.callables import Estimate, LatentCallables
+from pgm.inference.program import Program
 from pgm.inference.schedules import linear_schedule, sigmoid_schedule
 
 SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
@@ -67,6 +78,8 @@ class EvalConfig:
     gaps_steps: int = 500
     exact: bool = True  # closed form / enumeration / quadrature where the model allows it
     posterior_check: int = 3  # datapoints whose q(z|x) is drawn against a NUTS reference (L=2)
+    explicit_view: bool = False  # measure N(mean(z), s^2 I), s chosen on validation data
+    sample_quality: bool = False  # Parzen window, nearest neighbours, Frechet distance
     seed: int = 0
     device: str = "auto"
     preset: str | None = None
@@ -95,19 +108,12 @@ def with_preset(config: EvalConfig, preset: str | None) -> EvalConfig:
     return replace(config, preset=preset, **PRESETS[preset])
 
 
-def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """This rank's batches (lo, hi) of the datapoints [0, n) on the grid of ``batch_size``:
-    all of them in one process, a contiguous run of them under torchrun."""
-    return dist.shard([(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)])
-
-
-def _span(batches: list[tuple[int, int]]) -> tuple[int, int]:
-    """First and end index of this rank's batches; progress counts from the first."""
-    return (batches[0][0], batches[-1][1]) if batches else (0, 0)
-
+# ---- batches, each in its own random stream ---------------------------------------------------
 
 STREAMS = {"iwae": 0, "iwae_prior": 1, "ais": 2, "bdmc": 3, "bdmc_rev": 4, "bdmc_sim": 5,
            "gaps": 6}
+
+Progress = Callable[[str, int, int], None]
 
 
 def _seed_batch(seed: int, start: int, stream: str) -> torch.Generator:
@@ -117,6 +123,28 @@ def _seed_batch(seed: int, start: int, stream: str) -> torch.Generator:
     s = ((seed * 1_000_003 + start) * len(STREAMS) + STREAMS[stream]) * 2
     torch.manual_seed(s)
     return torch.Generator().manual_seed(s + 1)
+
+
+def map_batches(fn: Callable, n: int, batch_size: int, *, seed: int, stream: str,
+                progress: Progress | None = None, stage: str | None = None,
+                device: torch.device | None = None) -> list:
+    """``fn(lo, hi, generator, tick)`` on this rank's batches of the datapoints [0, n), each in
+    the random stream of (seed, lo, stream) inside :func:`torch.random.fork_rng`; the results
+    of every rank, in index order. ``tick(done, total)`` reports progress within a batch."""
+    grid = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    mine = dist.shard(grid)
+    start, end = (mine[0][0], mine[-1][1]) if mine else (0, 0)
+    report = progress or (lambda stage, done, total: None)
+    devices = [device] if device is not None and device.type == "cuda" else []
+    out = []
+    for lo, hi in mine:
+        def tick(done, total, lo=lo, hi=hi):
+            report(stage or stream, (lo - start) * total + done * (hi - lo), (end - start) * total)
+
+        with torch.random.fork_rng(devices=devices):
+            out.append(fn(lo, hi, _seed_batch(seed, lo, stream), tick))
+        tick(1, 1)
+    return dist.all_gather(out)
 
 
 def concat_estimates(parts: list[Estimate], extra: dict | None = None) -> Estimate:
@@ -144,235 +172,432 @@ def concat_estimates(parts: list[Estimate], extra: dict | None = None) -> Estima
         elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[-1] == parts[0].n:
             merged[key] = torch.cat(values, dim=-1)
     merged.update(extra or {})
-    return Estimate.of(per, seconds=seconds, extra=merged)
+    return Estimate.of(per, seconds=seconds, extra=merged, bound=parts[0].bound,
+                       data=parts[0].data)
 
+
+# ---- what is measured -------------------------------------------------------------------------
+
+@dataclass
+class Subject:
+    """What :func:`evaluate` measures, and what the estimators may do with it.
+
+    ``bind(lo, hi)`` gives the callables of datapoints [lo, hi) (labels bound);
+    ``guide_density``: the guide has a density (ELBO, IWAE, gaps apply); ``latent_dim``: length
+    of the continuous latent vector (0: nothing for HMC to move); ``exact(lo, hi)``: exact
+    log p(x) of those datapoints, or None, by ``exact_method``; ``simulate(n)``: n pairs
+    (x, z) from the model and the callables of the simulated batch ``bind_sim(lo, hi)``, or
+    None where the model cannot simulate."""
+
+    x: torch.Tensor
+    bind: Callable[[int, int], LatentCallables]
+    latent_dim: int
+    guide_density: bool
+    exact: Callable[[int, int], torch.Tensor] | None = None
+    exact_method: str | None = None
+    simulate: Callable[[int], tuple] | None = None
+
+
+def _rows(args, n: int, lo: int, hi: int) -> list:
+    """``args`` with the per-datapoint tensors (first dimension n) sliced to [lo, hi)."""
+    return [a[lo:hi] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n else a
+            for a in args]
+
+
+def model_subject(model, x: torch.Tensor, y: torch.Tensor | None) -> Subject:
+    """One of pgm's models (the contract of :mod:`pgm.protocol`), by its plain distributions."""
+    def labels(lo, hi):
+        return None if y is None else y[lo:hi]
+
+    def bind(lo, hi):
+        return latent_callables(model, labels(lo, hi))
+
+    exact = None
+    if model.exact_method is not None:
+        def exact(lo, hi):
+            return model.exact_log_marginal(x[lo:hi]).detach().double().cpu()
+
+    def simulate(n):
+        y_sim = None if y is None else y[:n]
+        with torch.no_grad():
+            z = model.prior(n, y_sim).sample()
+            x_sim = model.decode(z, y_sim).sample()
+        return x_sim, z, lambda lo, hi: latent_callables(model, None if y_sim is None
+                                                         else y_sim[lo:hi])
+
+    continuous = model.latent == "continuous"
+    return Subject(x, bind, model.latent_dim if continuous else 0,
+                   guide_density=continuous and model.guide_density, exact=exact,
+                   exact_method=model.exact_method, simulate=simulate if continuous else None)
+
+
+def program_subject(model, guide, x: torch.Tensor, args=(), kwargs=None,
+                    data_plate: str | None = None) -> Subject:
+    """Any Pyro model/guide pair ``model(x, *args, **kwargs)``, read from its traces."""
+    kwargs = dict(kwargs or {})
+    n = len(x)
+    probe = min(n, 2)
+    program = Program(model, guide, x[:probe], *_rows(args, n, 0, probe),
+                      data_plate=data_plate, **kwargs)
+
+    def bind(lo, hi):
+        return program.callables(*_rows(args, n, lo, hi), x_like=x[lo:hi], **kwargs)
+
+    exact = None
+    if program.latent_dim == 0:  # every latent enumerated: log p(x, .) is log p(x)
+        def exact(lo, hi):
+            f = bind(lo, hi)
+            with torch.no_grad():
+                empty = torch.zeros(1, hi - lo, 0, device=x.device)
+                return f.log_joint(x[lo:hi], empty)[0].double().cpu()
+
+    def simulate(m):
+        a = _rows(args, n, 0, m)
+        x_sim, z = program.simulate(*a, x_like=x[:m], **kwargs)
+        return x_sim, z, lambda lo, hi: program.callables(*_rows(a, m, lo, hi),
+                                                          x_like=x_sim[lo:hi], **kwargs)
+
+    return Subject(x, bind, program.latent_dim, guide_density=not program.point_guide
+                   and program.latent_dim > 0, exact=exact,
+                   exact_method="enumeration" if exact else None,
+                   simulate=simulate if program.latent_dim > 0 else None)
+
+
+# ---- the result ---------------------------------------------------------------------------------
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` returns: one Estimate per named estimator, and the settings."""
+    """What :func:`evaluate` returns: one Estimate per named estimator, the settings, and
+    ``extra``: top-level facts of the results (explicit view and its sigma, representation,
+    sample quality)."""
 
     estimators: dict[str, Estimate]
     config: EvalConfig
     index: torch.Tensor  # (n,) indices of the evaluated datapoints within the split
     figures_data: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {name: est.summary() for name, est in self.estimators.items()}
 
-
-def best_log_px_name(names) -> str | None:
-    """The tightest log p(x) estimate among estimator ``names``: exact, else AIS, else the
-    largest-K IWAE bound; None if there is none."""
-    for name in ("exact", "ais"):
-        if name in names:
-            return name
-    ks = [n for n in names if n.startswith("iwae_") and n[5:].isdigit()]
-    return max(ks, key=lambda n: int(n[5:])) if ks else None
+    def best(self) -> str | None:
+        """Name of the best estimate of log p(x) (:func:`best_log_px_name`)."""
+        return best_log_px_name({k: {**e.summary(), "per_datapoint": e.per_datapoint}
+                                 for k, e in self.estimators.items()})
 
 
-def evaluate(model, data, config: EvalConfig | None = None, *,
-             progress: Callable[[str, int, int], None] | None = None) -> Evaluation:
-    """Run the estimators chosen by ``config`` on ``model`` over ``data``'s split.
+def _paired(a: dict, b: dict) -> tuple[float, float] | None:
+    """Mean and SE of the paired difference a - b from summaries with ``per_datapoint``."""
+    pa, pb = a.get("per_datapoint"), b.get("per_datapoint")
+    if pa is None or pb is None:
+        return None
+    m = min(len(pa), len(pb))
+    d = (torch.as_tensor(pa[:m]) - torch.as_tensor(pb[:m])).double()
+    return d.mean().item(), (d.std() / math.sqrt(m)).item() if m > 1 else math.nan
 
-    ``progress(stage, done, total)`` is called as work advances (the CLI draws bars from it).
+
+def best_log_px_name(estimators: dict) -> str | None:
+    """The best estimate of log p(x) among ``estimators`` (name -> summary dict, which may
+    carry ``per_datapoint``), by the rule in the module docstring; None if there is none.
+
+    Without per-datapoint values the paired test falls back to the two means' own SEs."""
+    on_test = {k: s for k, s in estimators.items() if s.get("data", "test") == "test"}
+    for kind in ("exact", "numerical"):
+        for name, s in on_test.items():
+            if s.get("bound") == kind:
+                return name
+    lower = {k: s for k, s in on_test.items() if s.get("bound") == "lower"
+             and s.get("proposal", "q") == "q" and math.isfinite(s["mean"])}
+    if not lower:
+        return None
+
+    def diff(a, b):
+        paired = _paired(lower[a], lower[b])
+        if paired is not None:
+            return paired
+        sa, sb = lower[a]["se"], lower[b]["se"]
+        return lower[a]["mean"] - lower[b]["mean"], math.hypot(sa, sb)
+
+    top = max(lower, key=lambda k: (min(0.0, *[diff(k, o)[0] for o in lower]), lower[k]["n"]))
+    tied = []
+    for name in lower:
+        d, se = diff(top, name)
+        if name == top or d <= 2 * (se if math.isfinite(se) else 0.0):
+            tied.append(name)
+    return min(tied, key=lambda k: (lower[k]["se"] if math.isfinite(lower[k]["se"])
+                                    else math.inf, -lower[k]["n"]))
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+
+def evaluate(model, guide=None, x=None, *args, config: EvalConfig | None = None,
+             data=None, data_plate: str | None = None, progress: Progress | None = None,
+             cache_dir=None, **kwargs) -> Evaluation:
+    """Every estimator of log p(x) that applies, on one model.
+
+    - ``evaluate(model, data, config)``: one of pgm's models on ``data``'s split
+      (:class:`pgm.data.Dataset`); also the explicit view (``config.explicit_view``, always
+      for a model without a density of its own, the GAN), sample quality and the
+      representation record.
+    - ``evaluate(model, guide, x, *args, config=..., **kwargs)``: any Pyro program pair
+      ``model(x, *args, **kwargs)``/``guide(x, *args, **kwargs)``; per-datapoint ``args``
+      (tensors of length ``len(x)``, e.g. labels) are sliced with x.
+
+    ``progress(stage, done, total)`` is called as work advances (the CLI draws bars from it);
+    ``cache_dir`` keeps the sample-quality feature classifier between runs. Save the result
+    with :func:`pgm.report.write_evaluation`.
     """
-    from pgm.inference.diagnostics import MIN_PSIS_SAMPLES, psis_khat
-
+    if data is None and hasattr(guide, "x_test"):  # evaluate(model, data[, config])
+        data, guide = guide, None
+        if config is None and isinstance(x, EvalConfig):
+            config, x = x, None
     cfg = config or EvalConfig()
     device = resolve_device(cfg.device)
-    model = model.to(device).eval()
+    if data is not None:
+        if guide is not None or x is not None:
+            raise TypeError("evaluate(model, data) takes no guide or x")
+        subject, extra, more = _pgm_model(model, data, cfg, device, cache_dir)
+    else:
+        if guide is None or x is None:
+            raise TypeError("evaluate(model, guide, x, ...) needs the guide and the data x; "
+                            "for one of pgm's models call evaluate(model, data)")
+        check_data(x)
+        if hasattr(model, "to") and isinstance(model, torch.nn.Module):
+            model.to(device)
+        x = x[:cfg.n].to(device)
+        args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+        subject, more = program_subject(model, guide, x, args, kwargs, data_plate), {}
+        extra = {"representation": {"quantity": "log p(x)", "observation": "Pyro program",
+                                    "values": "as given", "binarize": "none",
+                                    "density": "log-density or log-probability (as given)"}}
+    ev = measure(subject, cfg, progress=progress, device=device)
+    ev.estimators.update(more)
+    ev.extra.update(extra)
+    return ev
+
+
+def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject, dict, dict]:
+    """The Subject of one of pgm's models on ``data``'s split, through its explicit view where
+    asked or where it has no density of its own; the facts the results record about it; and
+    the sample-based estimates (Parzen), which need the model itself, not its callables."""
+    from pgm.representation import representation
+
     x_all = getattr(data, f"x_{cfg.split}")
     y_all = getattr(data, f"y_{cfg.split}")
     n = min(cfg.n, len(x_all))
     if n == 0:
         raise DataError(f"the {cfg.split} split of {data.name} is empty")
-    x_all = x_all[:n].to(device)
-    y_all = y_all[:n].to(device) if (y_all is not None and model.conditional) else None
-    model.check_data(x_all, f"{cfg.split} data")
-    report = progress or (lambda stage, done, total: None)
-    out: dict[str, list[Estimate]] = {}
-    khat = []
+    base = model.to(device).eval()
+    extra, more, sigma = {}, {}, None
+    if cfg.explicit_view or not base.has_density:
+        from pgm.models.explicit import choose_sigma
 
-    def bind(lo, hi):
-        return latent_callables(model, None if y_all is None else y_all[lo:hi])
+        choice = choose_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
+                              seed=cfg.seed, y_valid=data.y_valid)
+        sigma = choice.sigma
+        model = base.explicit_view(sigma).to(device).eval()
+        extra.update(explicit_sigma=sigma, explicit_sigma_choice=choice._asdict())
+    x = x_all[:n].to(device)
+    y = y_all[:n].to(device) if (y_all is not None and model.conditional) else None
+    model.check_data(x, f"{cfg.split} data")
+    if model.plain_distributions:
+        subject = model_subject(model, x, y)
+    else:  # the model is its Pyro programs
+        subject = program_subject(model.model, model.guide, x, () if y is None else (y,))
+    if (cfg.sample_quality or not base.has_density) and dist.is_main():  # rank 0 writes
+        from pgm.inference.parzen import parzen_log_likelihood
+        from pgm.sample_quality import sample_quality
+
+        more["parzen"] = parzen_log_likelihood(base, data, split=cfg.split, n=cfg.n,
+                                               seed=cfg.seed)
+        extra["sample_quality"] = sample_quality(base, data, run_dir=cache_dir, seed=cfg.seed)
+    extra.update(representation(data, base, split=cfg.split, explicit_sigma=sigma))
+    return subject, extra, more
+
+
+def measure(subject: Subject, cfg: EvalConfig, *, progress: Progress | None = None,
+            device: torch.device | None = None) -> Evaluation:
+    """Run the estimators chosen by ``cfg`` that apply to ``subject``."""
+    x, n = subject.x, len(subject.x)
+    run = dict(batch_size=cfg.batch_size, seed=cfg.seed, progress=progress, device=device)
+    estimators: dict[str, Estimate] = {}
 
     # ---- ELBO and IWAE_K from one set of max(ks) weights per datapoint --------------------
-    ks = sorted(set(cfg.ks))
-    # an enumerated model's guide has no latent site to sample; a point-mass guide no density
-    if not model.enumerated and not model.point_guide:
-        rows, batches = [], _batches(n, cfg.batch_size)
-        start, end = _span(batches)
-        for lo, hi in batches:
-            _seed_batch(cfg.seed, lo, "iwae")
-            t0 = time.perf_counter()
-            log_w = log_importance_weights(bind(lo, hi), x_all[lo:hi], ks[-1])  # (K, B)
-            row = {f"iwae_{k}": est for k, est in iwae_from_log_weights(
-                log_w, ks, seconds=time.perf_counter() - t0).items()}
-            # fewer than MIN_PSIS_SAMPLES draws are too few to fit a Pareto tail
-            khat_batch = psis_khat(log_w) if ks[-1] >= MIN_PSIS_SAMPLES else None
-            if cfg.prior_proposal:
-                _seed_batch(cfg.seed, lo, "iwae_prior")
-                t0 = time.perf_counter()
-                log_w = log_importance_weights(bind(lo, hi), x_all[lo:hi], ks[-1],
-                                               proposal="prior")
-                row.update({f"iwae_prior_{k}": est for k, est in iwae_from_log_weights(
-                    log_w, ks, seconds=time.perf_counter() - t0).items()})
-            rows.append((row, khat_batch))
-            report("iwae", hi - start, end - start)
-        for row, khat_batch in dist.all_gather(rows):
-            for name, est in row.items():
-                out.setdefault(name, []).append(est)
-            if khat_batch is not None:
-                khat.append(khat_batch)
-    estimators = {name: concat_estimates(parts) for name, parts in out.items()}
-    if "iwae_1" in estimators:
-        estimators = {"elbo": estimators["iwae_1"], **estimators}
-    if khat:
-        k = torch.cat(khat)
-        for name in estimators:
-            if name.startswith(("elbo", "iwae_")) and not name.startswith("iwae_prior"):
-                estimators[name].extra.update(khat_max=k.max().item(), khat_mean=k.mean().item(),
-                                              khat_frac_above_0_7=(k > 0.7).double().mean().item())
-        estimators["elbo"].extra["khat"] = k
+    if subject.guide_density:
+        estimators.update(_iwae(subject, cfg, run))
 
-    # ---- exact log p(x) ---------------------------------------------------------------------
+    # ---- exact log p(x), or quadrature for a latent of dimension <= 2 ------------------------
     if cfg.exact:
-        exact = _exact(model, x_all, y_all, cfg, bind, report)
-        if exact is not None:
-            estimators["exact"] = exact
+        estimators.update(_exact(subject, cfg, run))
 
     # ---- AIS on the first ais_n datapoints ---------------------------------------------------
     n_ais = min(cfg.ais_n, n)
-    if cfg.ais_steps > 0 and n_ais > 0 and model.reparameterized:
-        estimators["ais"] = _ais(model, x_all[:n_ais], cfg, bind, report, "ais")
+    hmc = cfg.ais_steps > 0 and subject.latent_dim > 0
+    if hmc and n_ais > 0:
+        estimators["ais"] = _ais(subject.bind, x[:n_ais], cfg, run, "ais")
 
     # ---- BDMC on simulated data --------------------------------------------------------------
-    if cfg.bdmc and cfg.ais_steps > 0 and model.reparameterized:
-        lower, upper = _bdmc(model, y_all, n_ais, cfg, report)
-        estimators["bdmc_lower"], estimators["bdmc_upper"] = lower, upper
+    if cfg.bdmc and hmc and subject.simulate is not None:
+        estimators["bdmc_lower"], estimators["bdmc_upper"] = _bdmc(subject, n_ais, cfg, run)
 
     # ---- gaps ------------------------------------------------------------------------------
-    if cfg.gaps and model.reparameterized and not model.point_guide:
-        estimators.update(_gaps(estimators, x_all, cfg, bind, report))
+    if cfg.gaps and subject.guide_density and subject.latent_dim > 0:
+        estimators.update(_gaps(estimators, subject, cfg, run))
 
     figures = {}
-    if cfg.posterior_check > 0 and model.latent_dim == 2 and not model.enumerated:
+    if cfg.posterior_check > 0 and subject.latent_dim == 2:
         figures["posterior_check"], estimators["nuts_reference"] = _posterior_check(
-            x_all, cfg, bind, report)
+            subject, cfg, progress)
     return Evaluation(estimators=estimators, config=cfg, index=torch.arange(n),
                       figures_data=figures)
 
 
-def _posterior_check(x, cfg, bind, report):
+def _iwae(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
+    from pgm.inference.diagnostics import MIN_PSIS_SAMPLES, psis_khat
+
+    ks = sorted(set(cfg.ks))
+    x = subject.x
+
+    def weights(proposal):
+        def one(lo, hi, gen, tick):
+            t0 = time.perf_counter()
+            log_w = log_importance_weights(subject.bind(lo, hi), x[lo:hi], ks[-1],
+                                           proposal=proposal)  # (K, B)
+            row = iwae_from_log_weights(log_w, ks, seconds=time.perf_counter() - t0)
+            # fewer than MIN_PSIS_SAMPLES draws are too few to fit a Pareto tail
+            khat = psis_khat(log_w) if proposal == "q" and ks[-1] >= MIN_PSIS_SAMPLES else None
+            return row, khat
+
+        stream = "iwae" if proposal == "q" else "iwae_prior"
+        return map_batches(one, len(x), stream=stream, **run)
+
+    out: dict[str, Estimate] = {}
+    rows = weights("q")
+    for k in ks:
+        out[f"iwae_{k}"] = concat_estimates([row[k] for row, _ in rows],
+                                            extra={"proposal": "q"})
+    out = {"elbo": out["iwae_1"], **out} if "iwae_1" in out else out
+    khat = [k for _, k in rows if k is not None]
+    if khat:
+        k = torch.cat(khat)
+        for est in out.values():
+            est.extra.update(khat_max=k.max().item(), khat_mean=k.mean().item(),
+                             khat_frac_above_0_7=(k > 0.7).double().mean().item())
+        out["elbo"].extra["khat"] = k
+    if cfg.prior_proposal:
+        rows = weights("prior")
+        for k in ks:
+            out[f"iwae_prior_{k}"] = concat_estimates([row[k] for row, _ in rows],
+                                                      extra={"proposal": "prior"})
+    return out
+
+
+def _exact(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
+    from pgm.inference.exact import quadrature_log_marginal
+
+    x = subject.x
+    if subject.exact is not None:
+        t0 = time.perf_counter()
+        parts = map_batches(lambda lo, hi, gen, tick: subject.exact(lo, hi), len(x),
+                            stream="iwae", stage="exact", **run)
+        return {"exact": Estimate.of(torch.cat(parts), seconds=time.perf_counter() - t0,
+                                     extra={"method": subject.exact_method}, bound="exact")}
+    if not 0 < subject.latent_dim <= 2:
+        return {}
+    parts = map_batches(lambda lo, hi, gen, tick: quadrature_log_marginal(
+        subject.bind(lo, hi).log_joint, x[lo:hi], latent_dim=subject.latent_dim,
+        tol=QUADRATURE_TOL), len(x), stream="iwae", stage="quadrature", **run)
+    est = concat_estimates(parts, extra={"method": "quadrature", "tol": QUADRATURE_TOL})
+    return {"quadrature": replace(est, bound="numerical")}
+
+
+def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais") -> Estimate:
+    from pgm.inference.ais import ais
+
+    schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
+
+    def one(lo, hi, gen, tick):
+        est = ais(bind(lo, hi), x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
+                  num_leapfrog=cfg.ais_leapfrog, initial=cfg.ais_initial, generator=gen,
+                  progress=tick)
+        est.extra.pop("z_final", None)
+        return est
+
+    parts = map_batches(one, len(x), stream=stream, stage=stage, **run)
+    return replace(concat_estimates(parts, extra={"schedule": cfg.ais_schedule}), bound="lower")
+
+
+def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimate, Estimate]:
+    """Forward AIS and reverse AIS on (x, z) simulated from the model: z is an exact
+    posterior sample of its x, so the reverse chain gives a stochastic upper bound."""
+    from pgm.inference.ais import bdmc_upper
+
+    with torch.random.fork_rng(devices=[]):
+        _seed_batch(cfg.seed, 0, "bdmc_sim")
+        x, z, bind = subject.simulate(n)
+    lower = replace(_ais(bind, x, cfg, run, "bdmc forward", stream="bdmc"), data="simulated")
+    schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
+
+    def one(lo, hi, gen, tick):
+        return bdmc_upper(bind(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
+                          num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
+                          initial=cfg.ais_initial, generator=gen, progress=tick)
+
+    parts = map_batches(one, n, stream="bdmc_rev", stage="bdmc reverse", **run)
+    upper = concat_estimates(parts, extra={"schedule": cfg.ais_schedule})
+    gap = upper.per_datapoint - lower.per_datapoint
+    upper.extra.update(sandwich_mean=gap.mean().item(),
+                       sandwich_se=(gap.std() / math.sqrt(len(gap))).item()
+                       if len(gap) > 1 else math.nan)
+    return lower, replace(upper, bound="upper", data="simulated")
+
+
+def _gaps(estimators, subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
+    from pgm.inference.gaps import amortization_gaps
+
+    name = Evaluation(estimators, cfg, torch.arange(0)).best()
+    best = estimators[name]
+    m = min(cfg.gaps_n, best.n)
+    x = subject.x
+
+    def one(lo, hi, gen, tick):
+        return amortization_gaps(subject.bind(lo, hi), x[lo:hi],
+                                 best.per_datapoint[lo:hi].to(x.device), steps=cfg.gaps_steps)
+
+    parts: dict[str, list[Estimate]] = {}
+    for res in map_batches(one, m, stream="gaps", stage="gaps", **run):
+        for key, est in res.items():
+            parts.setdefault(key, []).append(est)
+    out = {}
+    for key, v in parts.items():
+        est = concat_estimates(v, extra={"log_px_from": name})
+        if key.startswith("elbo"):
+            out[key] = replace(est, bound="lower")
+        else:
+            out["gap_" + key.removesuffix("_gap")] = est
+    return out
+
+
+def _posterior_check(subject: Subject, cfg: EvalConfig, progress: Progress | None):
     """NUTS reference posteriors for the first few datapoints, drawn against q(z|x); the
     returned Estimate holds the NUTS diagnostics (its per-datapoint value: R-hat)."""
     from pgm.inference.diagnostics import posterior_figure, reference_posterior
 
+    x = subject.x
     m = min(cfg.posterior_check, len(x))
-    rows, t0 = [], time.perf_counter()
-    mine = _batches(m, 1)
-    for i, _ in mine:
-        f = bind(i, i + 1)
+    t0 = time.perf_counter()
+
+    def one(i, _, gen, tick):
+        f = subject.bind(i, i + 1)
         ref = reference_posterior(f, x[i:i + 1], seed=cfg.seed + i)
-        _seed_batch(cfg.seed, i, "gaps")
-        rows.append((f.sample_q(x[i:i + 1], len(ref.samples))[:, 0].cpu(), ref.samples.cpu(),
-                     ref.summary["rhat_max"], ref.summary["ess_bulk_min"]))
-        report("nuts reference", len(rows), len(mine))
-    q_samples, nuts, rhat, ess = (list(c) for c in zip(*dist.all_gather(rows)))
+        q = f.sample_q(x[i:i + 1], len(ref.samples))[:, 0].cpu()
+        return q, ref.samples.cpu(), ref.summary["rhat_max"], ref.summary["ess_bulk_min"]
+
+    rows = map_batches(one, m, 1, seed=cfg.seed, stream="gaps", stage="nuts reference",
+                       progress=progress)
+    q_samples, nuts, rhat, ess = (list(c) for c in zip(*rows))
     fig = posterior_figure(q_samples, nuts, "q(z|x) (orange) against the NUTS posterior "
                            "p(z|x) (blue)", panel_titles=[f"test datapoint {i}" for i in range(m)])
     est = Estimate.of(torch.tensor(rhat, dtype=torch.float64), seconds=time.perf_counter() - t0,
                       extra={"rhat_max": max(rhat), "ess_bulk_min": min(ess)})
     return fig, est
-
-
-def _exact(model, x, y, cfg, bind, report) -> Estimate | None:
-    from pgm.inference.exact import quadrature_log_marginal
-
-    batches = _batches(len(x), cfg.batch_size)
-    if hasattr(model, "exact_log_marginal"):
-        t0 = time.perf_counter()
-        per = torch.cat(dist.all_gather([model.exact_log_marginal(x[lo:hi]).double().cpu()
-                                         for lo, hi in batches]))
-        method = "enumeration" if model.enumerated else "closed form"
-        return Estimate.of(per, seconds=time.perf_counter() - t0, extra={"method": method})
-    if model.latent_dim > 2:
-        return None
-    parts, (start, end) = [], _span(batches)
-    for lo, hi in batches:
-        parts.append(quadrature_log_marginal(bind(lo, hi).log_joint, x[lo:hi],
-                                             latent_dim=model.latent_dim, tol=QUADRATURE_TOL))
-        report("exact", hi - start, end - start)
-    return concat_estimates(dist.all_gather(parts), extra={"method": "quadrature"})
-
-
-def _ais(model, x, cfg, bind, report, stage, stream="ais") -> Estimate:
-    from pgm.inference.ais import ais
-
-    schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
-    parts, batches = [], _batches(len(x), cfg.batch_size)
-    start, end = _span(batches)
-    for lo, hi in batches:
-        gen = _seed_batch(cfg.seed, lo, stream)
-        f = bind(lo, hi)
-        est = ais(f, x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
-                  num_leapfrog=cfg.ais_leapfrog, initial=cfg.ais_initial, generator=gen,
-                  progress=lambda done, total, lo=lo, hi=hi: report(
-                      stage, (lo - start) * total + done * (hi - lo), (end - start) * total))
-        est.extra.pop("z_final", None)
-        parts.append(est)
-    return concat_estimates(dist.all_gather(parts), extra={"schedule": cfg.ais_schedule})
-
-
-def _bdmc(model, y, n, cfg, report) -> tuple[Estimate, Estimate]:
-    """Forward AIS and reverse AIS on (x, z) simulated from the model: z is an exact
-    posterior sample of its x, so the reverse chain gives a stochastic upper bound."""
-    from pgm.inference.ais import bdmc_upper
-
-    _seed_batch(cfg.seed, 0, "bdmc_sim")
-    y_sim = None if y is None else y[:n]
-    with torch.no_grad():
-        z = model.prior(n, y_sim).sample()
-        x = model.decode(z, y_sim).sample()
-    def bind_sim(lo, hi):
-        return latent_callables(model, None if y_sim is None else y_sim[lo:hi])
-
-    lower = _ais(model, x, cfg, bind_sim, report, "bdmc forward", stream="bdmc")
-    schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
-    parts, batches = [], _batches(n, cfg.batch_size)
-    start, end = _span(batches)
-    for lo, hi in batches:
-        gen = _seed_batch(cfg.seed, lo, "bdmc_rev")
-        parts.append(bdmc_upper(bind_sim(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
-                                num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
-                                initial=cfg.ais_initial, generator=gen))
-        report("bdmc reverse", hi - start, end - start)
-    upper = concat_estimates(dist.all_gather(parts),
-                             extra={"schedule": cfg.ais_schedule, "data": "simulated"})
-    lower.extra["data"] = "simulated"
-    gap = (upper.per_datapoint - lower.per_datapoint)
-    upper.extra.update(sandwich_mean=gap.mean().item(),
-                       sandwich_se=(gap.std() / math.sqrt(max(len(gap), 1))).item()
-                       if len(gap) > 1 else math.nan)
-    return lower, upper
-
-
-def _gaps(estimators, x, cfg, bind, report) -> dict[str, Estimate]:
-    from pgm.inference.gaps import amortization_gaps
-
-    name = best_log_px_name(estimators)
-    best = estimators[name]
-    m = min(cfg.gaps_n, len(best.per_datapoint))
-    rows, batches = [], _batches(m, cfg.batch_size)
-    start, end = _span(batches)
-    for lo, hi in batches:
-        _seed_batch(cfg.seed, lo, "gaps")
-        rows.append(amortization_gaps(bind(lo, hi), x[lo:hi],
-                                      best.per_datapoint[lo:hi].to(x.device), steps=cfg.gaps_steps))
-        report("gaps", hi - start, end - start)
-    parts: dict[str, list[Estimate]] = {}
-    for res in dist.all_gather(rows):
-        for key, est in res.items():
-            parts.setdefault(key, []).append(est)
-    return {(k if k.startswith("elbo") else "gap_" + k.removesuffix("_gap")): concat_estimates(
-        v, extra={"log_px_from": name}) for k, v in parts.items()}

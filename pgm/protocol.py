@@ -1,14 +1,42 @@
-r"""The model/guide contract every explicit model in pgm honours.
+r"""The model/guide contract every explicit model in pgm honours, and what a model declares.
 
-A :class:`LatentVariableModel` is a :class:`torch.nn.Module` with
+A model is a :class:`torch.nn.Module` with
 
 - ``model(x, y=None)``: the generative story :math:`p(z)\,p(x|z)` as a Pyro program, with a
-  ``pyro.plate("data", len(x))``, a latent site ``"z"`` and an observed site ``"x"``;
-- ``guide(x, y=None)``: the amortized posterior :math:`q(z|x)` with the same plate and the
-  same latent site;
-- ``prior(n, y)``, ``encode(x, y)``, ``decode(z, y)``: the plain torch distributions that
-  ``model`` and ``guide`` are built from (batch shape ``(..., n)``, event shape ``(L,)`` or
-  ``(D,)``), for plots and for fast paths that skip Pyro's tracing.
+  ``pyro.plate("data", len(x))`` around its latent and observed sites;
+- ``guide(x, y=None)``: the amortized posterior :math:`q(z|x)` with the same plate;
+- ``name``, ``Config`` and ``config`` (a dataclass, saved beside the weights), ``data_dim``,
+  ``likelihood``, ``check_data(x)``, ``initialize(x, y)``, ``sample(n)``.
+
+That is all a model needs: the estimators read any such pair off its traces
+(:class:`pgm.inference.program.Program`), and :func:`pgm.fit` trains it with Pyro's ELBOs
+(:class:`pgm.models.TwoLayerVAE` is written this way). :class:`LatentVariableModel` adds the
+plain torch distributions the programs are built from -- ``prior(n, y)``, ``encode(x, y)``,
+``decode(z, y)`` (batch shape ``(..., n)``, event shape ``(L,)`` or ``(D,)``), a latent site
+``"z"`` and an observed site ``"x"`` -- for plots and for fast paths that skip Pyro's tracing.
+
+**What a model can do is declared once, here**, as class attributes (defaults in
+:class:`LatentVariableModel`), and generic code asks for them instead of testing a class or a
+name:
+
+=======================  ======================================================================
+``conditional``          uses the label y (the CVAE): fit() and the estimators pass it
+``latent``               ``"continuous"``, or ``"discrete"``: enumerated in the model (the
+                         GMM), trained by TraceEnum_ELBO, whose loss is then -log p(x)
+``guide_density``        q(z|x) has a density; False for a point mass (the autoencoder): "log
+                         q" is undefined, so neither ELBO nor IWAE bound log p(x) and the
+                         estimators skip them (and the gaps); AIS and exact values apply
+``plain_distributions``  ``prior``/``encode``/``decode`` exist: the estimators' fast path
+                         (tests/test_adapter.py) and, with a continuous latent (then
+                         ``encode(x).rsample()`` is differentiable), training's fast ELBO
+                         (tests/test_objectives.py), each proven equal to the traced path
+``exact_method``         ``"closed form"`` or ``"enumeration"`` where the model defines
+                         ``exact_log_marginal(x) -> (B,)``; else None
+``has_density``          False for a model without a density of its own (the GAN): measured
+                         through its explicit view, with sample quality beside it
+``explicit_view(s)``     the model :math:`p(z)\,\mathcal N(x; \mu(z), s^2 I)` of its generator
+``write_figures(...)``   the figures of a trained run (:meth:`LatentVariableModel.write_figures`)
+=======================  ======================================================================
 
 Estimators and the training loop only use this contract, never a model-specific formula.
 ``y`` is the conditioning label (the CVAE's); models that ignore it accept ``None``.
@@ -35,18 +63,13 @@ class LatentVariableModel(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    #: True for models that use the label y (the CVAE): fit() and the estimators pass it.
+    # what the model can do: the table in the module docstring
     conditional: ClassVar[bool] = False
-    #: True when the latent is discrete and enumerated in the model (the GMM): training and
-    #: validation use TraceEnum_ELBO, whose loss is then -log p(x) exactly.
-    enumerated: ClassVar[bool] = False
-    #: True when encode(x).rsample() is differentiable, so the ELBO has a reparameterized
-    #: fast path (proven equal to Trace_ELBO in tests/test_objectives.py).
-    reparameterized: ClassVar[bool] = True
-    #: True when q(z|x) is a point mass (the autoencoder). A Dirac has no density on R^L, so
-    #: "log q" is not defined and neither the ELBO nor the IWAE bound bounds log p(x): the
-    #: estimators skip them (and the gaps), while AIS from the prior and exact values apply.
-    point_guide: ClassVar[bool] = False
+    latent: ClassVar[str] = "continuous"
+    guide_density: ClassVar[bool] = True
+    plain_distributions: ClassVar[bool] = True
+    exact_method: ClassVar[str | None] = None
+    has_density: ClassVar[bool] = True
     latent_dim: int
     data_dim: int
     likelihood: Likelihood
@@ -77,6 +100,14 @@ class LatentVariableModel(nn.Module):
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("z", self.encode(x, y))
 
+    def explicit_view(self, sigma: float) -> LatentVariableModel:
+        r"""The model :math:`p(z)\,\mathcal N(x; \mu(z), \sigma^2 I)` of this model's generator
+        (:mod:`pgm.models.explicit`): its prior and encoder, the decoder's mean as
+        :math:`\mu`."""
+        from pgm.models.explicit import MeanView
+
+        return MeanView(self, sigma)
+
     def initialize(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """Data-dependent initialisation, called by fit() before a new run (e.g. k-means++)."""
 
@@ -95,11 +126,17 @@ class LatentVariableModel(nn.Module):
 
     def check_data(self, x: torch.Tensor, name: str = "x") -> None:
         """Raise DataError if x is not (N, data_dim), not finite, or outside the support."""
-        if x.ndim != 2 or x.shape[1] != self.data_dim:
-            raise DataError(
-                f"{name} must have shape (N, {self.data_dim}) for this model, got {tuple(x.shape)}"
-            )
-        n_bad = int((~torch.isfinite(x)).sum())
-        if n_bad:
-            raise DataError(f"{name} contains {n_bad} NaN or infinite values")
-        self.likelihood.check(x)
+        check_data(self, x, name)
+
+
+def check_data(model, x: torch.Tensor, name: str = "x") -> None:
+    """Raise DataError if x is not (N, model.data_dim), not finite, or outside the support of
+    ``model.likelihood``: the input check of every model with a likelihood head."""
+    if x.ndim != 2 or x.shape[1] != model.data_dim:
+        raise DataError(
+            f"{name} must have shape (N, {model.data_dim}) for this model, got {tuple(x.shape)}"
+        )
+    n_bad = int((~torch.isfinite(x)).sum())
+    if n_bad:
+        raise DataError(f"{name} contains {n_bad} NaN or infinite values")
+    model.likelihood.check(x)

@@ -1,16 +1,28 @@
 """The likelihood-evaluation report: ``eval/results.json`` (an interface scripts read),
 ``eval/per_datapoint.npz``, ``eval/report.md`` and a self-contained ``eval/report.html``.
 
-results.json (schema ``pgm-eval``, version 1)::
+results.json (schema ``pgm-eval``, version 2)::
 
-    {"schema": "pgm-eval", "version": 1, "run": ..., "dataset": ..., "split": "test",
+    {"schema": "pgm-eval", "version": 2, "run": ..., "dataset": ..., "split": "test",
      "n": 1000, "device": "cpu", "world_size": 1, "versions": {...}, "config": {...},
-     "estimators": {"elbo": {"mean", "se", "n", "seconds", ...settings, diagnostics},
-                    "iwae_1": ..., "iwae_10": ..., "ais": ..., "bdmc_upper": ..., "exact": ...},
-     "checks": [{"lower", "upper", "n", "diff_mean", "diff_se", "ok"}, ...]}
+     "estimators": {"elbo": {"mean", "se", "n", "seconds", "bound", "data",
+                             ...settings, diagnostics},
+                    "iwae_1": ..., "iwae_10": ..., "ais": ..., "bdmc_upper": ...,
+                    "exact" or "quadrature": ...},
+     "best": "ais",
+     "checks": [{"lower", "upper", "n", "diff_mean", "diff_se", "ok"}, ...],
+     "representation": {...}, "test_images": {...}, ...}
 
-Values are nats per datapoint. ``checks`` test, on the datapoints both share, that each
-lower bound sits below each quantity it bounds (paired differences, within 3 SE).
+Values are nats per datapoint. Each estimator says what it is: ``bound`` is ``lower``,
+``upper``, ``exact``, ``numerical`` (quadrature, to its ``tol``) or ``none``, and ``data`` is
+``test`` or ``simulated``. ``best`` names the best estimate of log p(x) by the rule of
+:func:`pgm.evaluation.best_log_px_name`. ``checks`` test, on the datapoints both share, that
+each lower bound sits below each quantity it bounds on the same data (paired differences,
+within 3 SE), and that the IWAE bounds rise with K.
+
+Version 2 (from version 1): every estimator gained ``bound`` and ``data``; quadrature is
+reported as ``quadrature`` (bound ``numerical``), no longer as ``exact``; ``best`` was added.
+Version-1 files are read through :func:`upgrade`.
 """
 
 from __future__ import annotations
@@ -25,13 +37,14 @@ import numpy as np
 
 from pgm import io, plots
 
-SCHEMA, SCHEMA_VERSION = "pgm-eval", 1
-ORDER = ("elbo", "iwae", "ais", "exact", "bdmc_lower", "bdmc_upper", "elbo_q", "elbo_qstar",
-         "gap_approximation", "gap_amortization", "gap_inference", "nuts_reference")
+SCHEMA, SCHEMA_VERSION = "pgm-eval", 2
+ORDER = ("elbo", "iwae", "ais", "exact", "quadrature", "bdmc_lower", "bdmc_upper", "elbo_q",
+         "elbo_qstar", "gap_approximation", "gap_amortization", "gap_inference", "nuts_reference")
 DESCRIPTIONS = {
     "elbo": "ELBO, E_q[log p(x,z) - log q(z|x)] (lower bound)",
     "ais": "AIS with HMC (stochastic lower bound)",
     "exact": "exact log p(x)",
+    "quadrature": "log p(x) by quadrature (to its tolerance)",
     "bdmc_lower": "BDMC forward AIS on simulated data (lower)",
     "bdmc_upper": "BDMC reverse AIS on simulated data (upper bound)",
     "elbo_q": "ELBO of the amortized q (gap subset)",
@@ -60,27 +73,53 @@ def describe(name: str) -> str:
     return DESCRIPTIONS.get(name, name)
 
 
+def upgrade(results: dict) -> dict:
+    """A results dict of any schema version in the current one's terms: version-1 files
+    (before estimators said what they are) get ``bound`` and ``data`` from their names."""
+    if results.get("version", 1) >= 2:
+        return results
+    est = {}
+    for name, s in results.get("estimators", {}).items():
+        if name == "bdmc_upper":
+            bound = "upper"
+        elif name == "exact":
+            bound = "numerical" if s.get("method") == "quadrature" else "exact"
+        elif name in ("elbo", "ais", "bdmc_lower", "elbo_q", "elbo_qstar") or \
+                name.startswith("iwae_"):
+            bound = "lower"
+        else:
+            bound = "none"
+        proposal = "prior" if name.startswith("iwae_prior") else s.get("proposal", "q")
+        est[name] = {**s, "bound": bound, "proposal": proposal,
+                     "data": "simulated" if name.startswith("bdmc") else "test"}
+    return {**results, "estimators": est}
+
+
 def bound_checks(estimators) -> list[dict]:
-    """Paired checks lower <= upper on shared datapoints (the first min(n) of the split)."""
-    names = [n for n in estimators if n.startswith("iwae_") and "prior" not in n]
-    chain = ["elbo", *sorted(names, key=_sort_key)]
-    pairs = list(zip(chain[:-1], chain[1:]))
-    for top in ("exact",):
-        if top in estimators:
-            pairs += [(chain[-1], top), ("ais", top)]
-    if "bdmc_lower" in estimators and "bdmc_upper" in estimators:
-        pairs.append(("bdmc_lower", "bdmc_upper"))
+    """Paired checks lower <= upper on shared datapoints (the first min(n) of the split):
+    every lower bound against every exact, numerical or upper value on the same data, and
+    the IWAE bounds of one proposal in increasing K."""
+    pairs, seen = [], set()
+    lower = [(k, e) for k, e in estimators.items() if e.bound == "lower"
+             and id(e) not in seen and not seen.add(id(e))]
+    for proposal in {e.extra.get("proposal") for _, e in lower if "K" in e.extra}:
+        chain = sorted(((e.extra["K"], k) for k, e in lower
+                        if "K" in e.extra and e.extra.get("proposal") == proposal))
+        pairs += [(a, b, 0.0) for (_, a), (_, b) in zip(chain[:-1], chain[1:])]
+    for ref, r in estimators.items():
+        if r.bound in ("exact", "numerical", "upper"):
+            slack = r.extra.get("tol", 0.0) if r.bound == "numerical" else 0.0
+            pairs += [(k, ref, slack) for k, e in lower if e.data == r.data]
     checks = []
-    for lo_name, hi_name in pairs:
-        if lo_name not in estimators or hi_name not in estimators or lo_name == hi_name:
-            continue
+    for lo_name, hi_name, slack in pairs:
         a, b = estimators[lo_name].per_datapoint, estimators[hi_name].per_datapoint
         m = min(len(a), len(b))
         d = (a[:m] - b[:m]).double()
         se = (d.std() / math.sqrt(m)).item() if m > 1 else math.nan
         mean = d.mean().item()
         checks.append({"lower": lo_name, "upper": hi_name, "n": m, "diff_mean": mean,
-                       "diff_se": se, "ok": bool(mean <= 3 * (se if se == se else 0) + 1e-9)})
+                       "diff_se": se,
+                       "ok": bool(mean <= 3 * (se if se == se else 0) + slack + 1e-9)})
     return checks
 
 
@@ -94,28 +133,34 @@ def results_dict(evaluation, *, run: str, dataset: str, device: str,
             "world_size": world_size, "versions": io.versions(),
             "config": to_dict(evaluation.config),
             "estimators": {name: e.summary() for name, e in est.items()},
+            "best": evaluation.best(),
             "checks": bound_checks(est)}
 
 
 def _figures(evaluation, out_dir: Path) -> list[Path]:
     est = evaluation.estimators
     written = []
-    ks = sorted(int(n.split("_")[1]) for n in est if n.startswith("iwae_") and "prior" not in n)
-    refs = [r for r in ("ais", "exact") if r in est]
-    if ks:
-        m = min([est[f"iwae_{k}"].n for k in ks] + [est[r].n for r in refs])
+    iwae = sorted((e.extra["K"], k) for k, e in est.items() if e.bound == "lower" and
+                  e.extra.get("proposal") == "q" and "K" in e.extra and e.data == "test")
+    iwae = list(dict((K, k) for K, k in iwae).items())  # elbo and iwae_1 are one estimate
+    refs = [k for k, e in est.items() if e.data == "test" and (
+        e.bound in ("exact", "numerical") or (e.bound == "lower" and "num_steps" in e.extra))]
+    if iwae:
+        m = min([est[k].n for _, k in iwae] + [est[r].n for r in refs])
 
         def stat(name):
             v = est[name].per_datapoint[:m]
             return v.mean().item(), (v.std() / math.sqrt(m)).item() if m > 1 else math.nan
 
-        means, ses = zip(*(stat(f"iwae_{k}") for k in ks))
-        lines = {("AIS" if r == "ais" else "exact"): stat(r) for r in refs}
+        means, ses = zip(*(stat(k) for _, k in iwae))
+        lines = {r.upper() if r == "ais" else r: stat(r) for r in refs}
         written.append(plots.save_figure(
-            plots.bounds_vs_k(ks, means, ses, lines=lines, n=m), out_dir / "bounds_vs_k.png"))
-        best = refs[-1] if refs else f"iwae_{ks[-1]}"
-        m2 = min(est["elbo"].n, est[best].n)
-        gaps = {f"{best} - ELBO": (est[best].per_datapoint[:m2] - est["elbo"].per_datapoint[:m2])}
+            plots.bounds_vs_k([K for K, _ in iwae], means, ses, lines=lines, n=m),
+            out_dir / "bounds_vs_k.png"))
+        best = evaluation.best()
+        elbo = iwae[0][1]
+        m2 = min(est[elbo].n, est[best].n)
+        gaps = {f"{best} - ELBO": (est[best].per_datapoint[:m2] - est[elbo].per_datapoint[:m2])}
         if "gap_amortization" in est:
             gaps["amortization gap"] = est["gap_amortization"].per_datapoint
             gaps["approximation gap"] = est["gap_approximation"].per_datapoint
@@ -226,13 +271,15 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
             + "".join(_img(f) for f in figures) + "</body></html>")
 
 
-def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str, device: str,
+def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str = "x", device: str = "",
                      world_size: int = 1, extra: dict | None = None) -> dict:
     """Write results.json, per_datapoint.npz, figures, report.md and report.html under
-    RUN/eval/; return the results dict. ``extra`` adds top-level keys (e.g. sample_quality)."""
+    RUN/eval/; return the results dict. The evaluation's ``extra`` (representation, explicit
+    view, sample quality) and ``extra`` here add top-level keys."""
     out = Path(run_dir) / "eval"
     results = results_dict(evaluation, run=str(run_dir), dataset=dataset, device=device,
                            world_size=world_size)
+    results.update(evaluation.extra)
     results.update(extra or {})
     buf = _io.BytesIO()
     np.savez(buf, index=evaluation.index.numpy(),
@@ -250,10 +297,12 @@ def _cell(s) -> str:
 
 
 def best_log_px(results: dict) -> tuple[str, dict] | None:
-    """The tightest log p(x) estimate of a run (:func:`pgm.evaluation.best_log_px_name`)."""
+    """The best log p(x) estimate of a run: the one its results name (version 2), else the
+    one :func:`pgm.evaluation.best_log_px_name` picks from its summaries."""
     from pgm.evaluation import best_log_px_name
 
-    name = best_log_px_name(results["estimators"])
+    results = upgrade(results)
+    name = results.get("best") or best_log_px_name(results["estimators"])
     return None if name is None else (name, results["estimators"][name])
 
 

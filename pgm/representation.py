@@ -48,7 +48,7 @@ def observation(model, explicit_sigma: float | None = None) -> str:
     if lik is None:
         return "none (implicit model)"
     settings = ", ".join(f"{k} {v:g}" for k, v in lik.config().items() if k != "name")
-    if getattr(model, "enumerated", False) and lik.name == "gaussian-learned":
+    if model.latent == "discrete" and lik.name == "gaussian-learned":
         return f"gaussian, learned diagonal scale per component ({settings})"
     return f"{lik.name} ({settings})" if settings else lik.name
 

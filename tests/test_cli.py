@@ -50,7 +50,7 @@ def test_datasets_lists_the_builtins(capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "vae", "--data", "nosuchset"], "unknown dataset 'nosuchset'"),
-    (["train", "gan9"], "unknown model 'gan9'; trainable: vae, ae"),
+    (["train", "gan9"], "unknown model 'gan9'; trainable: vae, vae2, ae"),
     (["sample", "/nonexistent/run"], "not a pgm run directory"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys):

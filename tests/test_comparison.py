@@ -71,11 +71,21 @@ def test_binarised_rows_other_images_and_old_results_are_flagged(grey, binary):
 
 
 def test_best_estimate_and_unequal_test_sets_are_noted(grey):
+    # AIS 3 nats above IWAE_100, beyond two SEs of the difference (0.5 each): AIS is best
     a = _results("a", grey, VAE(data_dim=64), 0.1, iwae_10=(-52.0, 500), iwae_100=(-51.0, 500),
-                 ais=(-50.0, 100))
+                 ais=(-48.0, 100))
     b = _results("b", grey, GMM(data_dim=64), 0.2, exact=(-60.0, 500))
     assert best_log_px(a)[0] == "ais" and best_log_px(b)[0] == "exact"
-    assert best_log_px({"estimators": {"iwae_10": {}, "iwae_100": {}}})[0] == "iwae_100"
+    # the rule weighs standard errors: a higher AIS mean on 100 images that is within two SEs
+    # of IWAE_100 on 500 does not win over the more precise bound; a clearly higher one does
+    def est(mean, se, n):
+        return {"mean": mean, "se": se, "n": n, "bound": "lower", "data": "test"}
+
+    close = {"version": 2, "estimators": {"iwae_100": est(-51.0, 0.1, 500),
+                                          "ais": est(-50.9, 0.3, 100)}}
+    far = {"version": 2, "estimators": {"iwae_100": est(-51.0, 0.1, 500),
+                                        "ais": est(-49.0, 0.3, 100)}}
+    assert best_log_px(close)[0] == "iwae_100" and best_log_px(far)[0] == "ais"
     md, _ = comparison([a, b])
     assert "column log p(x): rows average over different numbers of test images" in md
     c = _results("c", grey, VAE(data_dim=64, likelihood="gaussian-learned"), None,

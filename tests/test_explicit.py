@@ -40,7 +40,7 @@ def test_mean_view_swaps_only_the_likelihood(pyro_validation):
 def test_mixture_view_is_a_gmm_with_every_scale_sigma():
     gmm = _gmm()
     view = explicit_view(gmm, 0.1)
-    assert isinstance(view, GMM) and view.enumerated
+    assert isinstance(view, GMM) and view.latent == "discrete"
     x = torch.rand(9, 5, dtype=torch.float64)
     comp = torch.distributions.Normal(gmm.means.double().detach(), 0.1)  # (M, D)
     expected = torch.logsumexp(torch.log(gmm.weights.double().detach())
@@ -77,7 +77,7 @@ def test_choose_sigma_for_a_vae_scores_its_view_with_the_encoder_as_proposal():
     vae = VAE(data_dim=64, latent_dim=2, hidden=(16,), likelihood="gaussian")
     choice = choose_sigma(vae, data.x_valid, (0.05, 0.3, 3.0), method="iwae", n=20, K=50)
     assert choice.sigma == 0.3 and all(math.isfinite(v) for v in choice.log_px)
-    with pytest.raises(ValueError, match="needs a mixture"):
+    with pytest.raises(ValueError, match="exact marginal"):
         choose_sigma(vae, data.x_valid, method="exact")
 
 
@@ -97,5 +97,5 @@ def test_a_conditional_view_scores_with_its_labels():
 
 def test_an_autoencoders_view_keeps_its_point_mass_out_of_the_bounds():
     ae = pgm.Autoencoder(data_dim=6, latent_dim=2, hidden=(8,), likelihood="gaussian-learned")
-    assert explicit_view(ae, 0.3).point_guide
-    assert not explicit_view(VAE(data_dim=6), 0.3).point_guide
+    assert not explicit_view(ae, 0.3).guide_density
+    assert explicit_view(VAE(data_dim=6), 0.3).guide_density

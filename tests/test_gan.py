@@ -183,7 +183,7 @@ def test_k_discriminator_steps_per_generator_step(gauss1d):
 ])
 def test_explicit_view_honours_the_contract(config, pyro_validation):
     gan = GAN(**config).eval()
-    model = gan.as_explicit(0.1)
+    model = gan.explicit_view(0.1)
     x = torch.rand(5, config["data_dim"])
     guide_tr, model_tr = check_sites(model, x)
     L = config["latent_dim"]
@@ -202,7 +202,7 @@ def test_explicit_view_honours_the_contract(config, pyro_validation):
 
 def test_uniform_latent_is_exactly_uniform():
     gan = GAN(data_dim=2, latent_dim=1, hidden=(4,), z_dist="uniform", output="identity")
-    z = gan.as_explicit(1.0).latent_to_z(torch.randn(200_000, 1, generator=torch.Generator()
+    z = gan.explicit_view(1.0).latent_to_z(torch.randn(200_000, 1, generator=torch.Generator()
                                                      .manual_seed(0)))
     assert z.min() > -1 and z.max() < 1
     hist = torch.histc(z, bins=10, min=-1, max=1) / len(z)
@@ -215,13 +215,13 @@ def test_evaluate_and_choose_sigma_on_the_toy(toy, gauss1d):
                           K=500)
     assert choice.sigma == choice.sigmas[max(range(5), key=lambda i: choice.log_px[i])]
     assert choice.sigma <= 0.3 < 3.0  # p_sigma = p_g * N(0, sigma^2): too wide at 3
-    model = gan.as_explicit(choice.sigma)
+    model = gan.explicit_view(choice.sigma)
     ev = evaluate(model, gauss1d, EvalConfig(ks=(1, 100), n=40, batch_size=40, ais_steps=200,
                                              ais_chains=8, ais_n=20, posterior_check=0,
                                              device="cpu"))
     est = ev.estimators
-    assert {"elbo", "iwae_100", "exact", "ais"} <= set(est)
-    exact = est["exact"].per_datapoint
+    assert {"elbo", "iwae_100", "quadrature", "ais"} <= set(est)
+    exact = est["quadrature"].per_datapoint
     # 1-D latent: quadrature gives log p_sigma(x) exactly; the bounds sit below it
     assert (est["elbo"].per_datapoint <= exact + 1e-3).all()
     assert (est["iwae_100"].per_datapoint.mean() - exact.mean()).abs() < 0.05

@@ -54,7 +54,7 @@ def _random_gmm(likelihood="gaussian", M=4, D=3, seed=0) -> GMM:
 
 def test_registry_and_flags():
     assert get_model_class("gmm") is GMM
-    assert GMM.enumerated and not GMM.reparameterized and not GMM.conditional
+    assert GMM.latent == "discrete" and GMM.plain_distributions and not GMM.conditional
     with pytest.raises(ValueError, match="likelihood"):
         GMM(data_dim=2, likelihood="poisson")
 

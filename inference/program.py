@@ -1,0 +1,367 @@
+r"""Any Pyro model/guide pair as the estimators' callables, read from its traces.
+
+The estimators take a :class:`~pgm.inference.callables.LatentCallables` bundle: log p(x, z),
+log p(z), z ~ q(z|x), log q(z|x) and z ~ p(z), over ``(K, B, L)`` particles, datapoints and one
+flat latent vector per datapoint. :class:`Program` builds it from a user's Pyro program
+``model(x, *args, **kwargs)`` and guide ``guide(x, *args, **kwargs)`` -- plain functions or
+methods of an ``nn.Module``/``PyroModule``, with any site names -- by tracing them once:
+
+- **observed sites**: sample sites with ``obs=``; at least one, all inside the data plate.
+- **the data plate**: the ``pyro.plate`` of size ``len(x)`` that encloses every observed site
+  (pass ``data_plate=NAME`` when several would).
+- **latent sites**: the other sample sites. Each must lie inside the data plate (a *local*
+  latent): a global latent :math:`\theta` shared by all datapoints couples them, so
+  :math:`p(x_i) = \int p(\theta) p(x_i | \theta) d\theta` of one datapoint is a different
+  quantity from the per-datapoint terms of :math:`\log p(x_{1:N})`, and the estimators here
+  measure neither.
+- **continuous latents** of any event shape, several of them, are packed into one vector per
+  datapoint: the data-plate and particle dimensions move to the front, the rest is flattened
+  and concatenated (in trace order). A constrained site (positive, unit interval, simplex,
+  ...) is moved to unconstrained space by :func:`torch.distributions.biject_to`:
+  :math:`z = T(u)`, and every density of z gains :math:`\log |\det J_T(u)|`,
+
+  .. math::
+
+      \log p(x, u) = \log p(x, T(u)) + \log|\det J_T(u)|, \qquad
+      \log q(u | x) = \log q(T(u) | x) + \log|\det J_T(u)|,
+
+  so importance weights are unchanged (the Jacobians cancel) and HMC/AIS move on R^L.
+- **discrete latents** are summed out where the model marks them for parallel enumeration
+  (``infer={"enumerate": "parallel"}`` or :func:`pyro.infer.config_enumerate`):
+  :math:`\log p(x, u) = \log \sum_m p(x, m, u)`, by :class:`~pyro.poutine.enum` and a
+  logsumexp over the enumeration dimensions. An enumerated site must sit directly in the data
+  plate (not in a plate nested inside it). An unmarked discrete latent is an error: its
+  density has no gradient for HMC and no guide density to weight by.
+
+Particles are vectorised by an outer ``pyro.plate("particles", K)`` left of every plate of the
+program, so a program written for one sample per datapoint is evaluated for K at once.
+
+:func:`pgm.inference.adapter.latent_callables` computes the same functions from the
+distributions of pgm's own models without tracing (faster); tests/test_program.py proves the
+two paths equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from torch.distributions import biject_to
+from torch.distributions.transforms import identity_transform
+
+from pgm.errors import PgmError
+
+from .callables import LatentCallables
+
+__all__ = ["Program", "ProgramError", "LatentSite"]
+
+PARTICLES = "particles"
+
+
+class ProgramError(PgmError, ValueError):
+    """A model/guide pair the estimators cannot measure; the message says why and what to do."""
+
+
+class LatentSite(NamedTuple):
+    """One continuous latent site's place in the packed vector."""
+
+    name: str
+    transform: torch.distributions.Transform  # unconstrained u -> the site's support
+    event_dim: int  # of the site's distribution (in the constrained space)
+    rest: tuple[int, ...]  # unconstrained shape per (particle, datapoint), plate dims kept
+    size: int  # prod(rest): the site's share of the packed vector
+
+
+def _sample_sites(tr):
+    return [(name, site) for name, site in tr.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)]
+
+
+def _plates(site) -> list:
+    return [f for f in site["cond_indep_stack"] if f.vectorized]
+
+
+def _nesting(*traces) -> int:
+    """The deepest plate dim of the traces' sample sites, as a positive count."""
+    dims = [-f.dim for tr in traces for _, s in _sample_sites(tr) for f in _plates(s)]
+    return max(dims, default=0)
+
+
+def _base(fn):
+    while isinstance(fn, dist.Independent | dist.MaskedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+def _is_identity(t) -> bool:
+    while isinstance(t, torch.distributions.transforms.IndependentTransform):
+        t = t.base_transform
+    return t is identity_transform
+
+
+def _fn_name(fn) -> str:
+    return type(_base(fn)).__name__
+
+
+class Program:
+    r"""A Pyro model/guide pair, read from one trace of each on a batch ``x``.
+
+    ``Program(model, guide, x, *args, **kwargs)``: ``x`` is a batch of datapoints (its first
+    dimension indexes them) and ``args``/``kwargs`` are what the programs take after x (e.g.
+    labels). Attributes: ``latents`` (the packed continuous sites), ``latent_dim`` (length of
+    the packed vector), ``enumerated`` and ``observed`` site names, ``data_plate``,
+    ``point_guide`` (the guide is a point mass: no density, so no ELBO or IWAE bound).
+    :meth:`callables` gives the estimators' functions for a batch.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, x: Tensor, *args,
+                 data_plate: str | None = None, **kwargs):
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 1:
+            raise ProgramError("x must be a tensor whose first dimension indexes datapoints")
+        self.model, self.guide = model, guide
+        B = x.shape[0]
+        # a probe: it leaves the caller's random stream as it was
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), poutine.block():
+            guide_tr = poutine.trace(guide).get_trace(x, *args, **kwargs)
+            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
+                x, *args, **kwargs)
+        self.nesting = _nesting(model_tr, guide_tr)
+        self.particle_dim = -(self.nesting + 1)
+        model_sites = _sample_sites(model_tr)
+        observed = [(n, s) for n, s in model_sites if s["is_observed"]]
+        if not observed:
+            raise ProgramError("the model has no observed site: score the data with "
+                               "pyro.sample(name, distribution, obs=x)")
+        self.observed = tuple(n for n, _ in observed)
+        self.data_plate, self.data_dim = self._find_data_plate(observed, B, data_plate)
+        guide_names = {n for n, s in _sample_sites(guide_tr) if not s["is_observed"]}
+        latents, enumerated = [], []
+        for name, site in model_sites:
+            if site["is_observed"]:
+                continue
+            plates = {f.name for f in _plates(site)}
+            if self.data_plate not in plates:
+                raise ProgramError(
+                    f"latent site {name!r} lies outside the data plate {self.data_plate!r}: it "
+                    "is a global latent, shared by all datapoints, so log p(x) of one "
+                    "datapoint is not defined by this program (the datapoints are coupled "
+                    "through it). Per-datapoint log p(x) needs local latents: move the site "
+                    "into the data plate, or make it a parameter (pyro.param) and fit it")
+            if site["fn"].support.is_discrete:
+                how = site["infer"].get("enumerate")
+                if how != "parallel":
+                    raise ProgramError(
+                        f"latent site {name!r} is discrete and not marked for enumeration: "
+                        "mark it with infer={'enumerate': 'parallel'} (or wrap the model in "
+                        "pyro.infer.config_enumerate) so that pgm sums it out")
+                if plates != {self.data_plate}:
+                    raise ProgramError(
+                        f"enumerated site {name!r} sits in plates {sorted(plates)}: pgm "
+                        f"enumerates discrete latents directly in the data plate only")
+                if name in guide_names:
+                    raise ProgramError(f"enumerated site {name!r} must not appear in the guide")
+                enumerated.append(name)
+                continue
+            if name not in guide_names:
+                raise ProgramError(f"the guide has no site {name!r}: it must sample every "
+                                   "continuous latent of the model")
+            latents.append(name)
+        extra = guide_names - set(latents)
+        if extra:
+            raise ProgramError(f"the guide samples {sorted(extra)}, which the model does not")
+        self.enumerated = tuple(enumerated)
+        self.point_guide = any(_fn_name(guide_tr.nodes[n]["fn"]) == "Delta" for n in latents)
+        # Shapes under the particle plate (K = 1) give each site's place in the packed vector.
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            tr = self._trace(guide, 1, x, args, kwargs)
+        self.latents = tuple(self._site(name, tr.nodes[name]) for name in latents)
+        self.latent_dim = sum(s.size for s in self.latents)
+        self._x_rest = tuple(x.shape[1:])
+
+    # ---- reading the probe ------------------------------------------------------------------
+    @staticmethod
+    def _find_data_plate(observed, B: int, name: str | None) -> tuple[str, int]:
+        common = None
+        for _, site in observed:
+            frames = {(f.name, f.dim) for f in _plates(site) if f.size == B}
+            common = frames if common is None else common & frames
+        if name is not None:
+            match = [f for f in common if f[0] == name]
+            if not match:
+                raise ProgramError(f"no plate named {name!r} of size {B} encloses every "
+                                   "observed site")
+            return match[0]
+        if not common:
+            raise ProgramError(
+                f"no plate of size len(x) = {B} encloses every observed site: wrap the "
+                f"program's sites in `with pyro.plate('data', len(x)):` so that each datapoint "
+                "gets its own log p(x)")
+        if len(common) > 1:
+            raise ProgramError(f"several plates of size {B} enclose the observed sites "
+                               f"({', '.join(sorted(n for n, _ in common))}): name the data "
+                               "plate with data_plate=...")
+        return next(iter(common))
+
+    def _site(self, name: str, site) -> LatentSite:
+        fn, value = site["fn"], site["value"]
+        t = biject_to(fn.support)
+        u = t.inv(value)
+        nb = value.dim() - fn.event_dim
+        rest = tuple(self._front(u, nb).shape[2:])
+        return LatentSite(name, t, fn.event_dim, rest, math.prod(rest))
+
+    def _front(self, t: Tensor, nb: int) -> Tensor:
+        """``t`` with its particle and data dims moved to the front; ``nb`` = its batch rank."""
+        if nb < -self.particle_dim:
+            raise ProgramError(f"a site of batch rank {nb} is not broadcast over the plates")
+        return t.movedim((nb + self.particle_dim, nb + self.data_dim), (0, 1))
+
+    # ---- running the programs ---------------------------------------------------------------
+    def _trace(self, fn, K: int, x, args, kwargs, *, values=None, enum=False, uncondition=False):
+        def vectorised(*a, **kw):
+            with pyro.plate(PARTICLES, K, dim=self.particle_dim):
+                return fn(*a, **kw)
+
+        f = vectorised
+        if values is not None:
+            f = poutine.condition(f, data=values)
+        if enum:
+            f = poutine.enum(f, first_available_dim=self.particle_dim - 1)
+        if uncondition:
+            f = poutine.uncondition(f)
+        # HMC may propose points where a parameter overflows; the kernel rejects a non-finite
+        # density as a divergence, so distributions must return it rather than raise
+        with pyro.validation_enabled(False):
+            return poutine.trace(f).get_trace(x, *args, **kwargs)
+
+    def _pack(self, tr) -> Tensor:
+        parts = []
+        for s in self.latents:
+            site = tr.nodes[s.name]
+            u = s.transform.inv(site["value"])
+            front = self._front(u, site["value"].dim() - s.event_dim)
+            parts.append(front.reshape(*front.shape[:2], s.size))
+        return torch.cat(parts, -1) if parts else None
+
+    def _unpack(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Site values ``{name: T(u)}`` of packed ``z`` (K, B, L) and the summed log|det J|."""
+        K, B = z.shape[:2]
+        if z.shape[-1] != self.latent_dim:
+            raise ProgramError(f"z has {z.shape[-1]} latent dimensions, the program "
+                               f"{self.latent_dim}")
+        values, ladj, start = {}, z.new_zeros(K, B), 0
+        for s in self.latents:
+            u = z[..., start:start + s.size].reshape(K, B, *s.rest)
+            start += s.size
+            nb = 2 + len(s.rest) - s.transform.domain.event_dim
+            u = u.movedim((0, 1), (nb + self.particle_dim, nb + self.data_dim))
+            value = s.transform(u)
+            values[s.name] = value
+            if not _is_identity(s.transform):
+                j = s.transform.log_abs_det_jacobian(u, value)
+                ladj = ladj + self._reduce(j, K, B)
+        return values, ladj
+
+    def _reduce(self, lp: Tensor, K: int, B: int, enum_dims: int = 0) -> Tensor:
+        """Sum a log-density over every dim but (enumeration dims..., particle, datapoint):
+        ``lp`` holds ``enum_dims`` enumeration dims left of the plates' dims."""
+        rank = enum_dims - self.particle_dim
+        lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
+        lead = lp.shape[:enum_dims]
+        lp = lp.movedim((enum_dims, rank + self.data_dim), (rank - 2, rank - 1))
+        return lp.reshape(*lead, -1, *lp.shape[-2:]).sum(-3).expand(*lead, K, B)
+
+    def _log_density(self, tr, names, K: int, B: int) -> Tensor:
+        """Sum of the sites' log-densities, (K, B); enumerated sites summed out."""
+        enum_dims = len(self.enumerated) if any(n in self.enumerated for n in names) else 0
+        total = 0.0
+        for n in names:  # as Trace.compute_log_prob, without its NaN warnings (HMC rejects)
+            site = tr.nodes[n]
+            lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+            total = total + self._reduce(lp, K, B, enum_dims)
+        if enum_dims:
+            total = torch.logsumexp(total.reshape(-1, K, B), 0)
+        return total
+
+    def callables(self, *args, x_like: Tensor | None = None, **kwargs) -> LatentCallables:
+        """The estimators' functions for one batch, with the programs' ``args``/``kwargs``
+        (those of that batch: labels sliced to it) bound. ``x_like``: a batch of data of the
+        right shape for drawing from the prior (its observed values are never read); by
+        default zeros."""
+        model, guide = self.model, self.guide
+        joint_names = (*[s.name for s in self.latents], *self.enumerated, *self.observed)
+        prior_names = (*[s.name for s in self.latents], *self.enumerated)
+        enum = bool(self.enumerated)
+
+        def log_joint(x, z):
+            K, B = z.shape[:2]
+            values, ladj = self._unpack(z)
+            tr = self._trace(model, K, x, args, kwargs, values=values, enum=enum)
+            return self._log_density(tr, joint_names, K, B) + ladj
+
+        def log_prior(z):
+            K, B = z.shape[:2]
+            values, ladj = self._unpack(z)
+            x = self._x(B, z, x_like)
+            tr = self._trace(model, K, x, args, kwargs, values=values, enum=enum)
+            return self._log_density(tr, prior_names, K, B) + ladj
+
+        def sample_q(x, K):
+            with torch.no_grad():
+                return self._packed_or_empty(self._trace(guide, K, x, args, kwargs), K, x)
+
+        def log_q(z, x):
+            K, B = z.shape[:2]
+            if not self.latents:
+                return z.new_zeros(K, B)
+            values, ladj = self._unpack(z)
+            tr = self._trace(guide, K, x, args, kwargs, values=values)
+            return self._log_density(tr, [s.name for s in self.latents], K, B) + ladj
+
+        def sample_prior(B, K):
+            x = self._x(B, None, x_like)
+            with torch.no_grad():
+                tr = self._trace(model, K, x, args, kwargs)
+                return self._packed_or_empty(tr, K, x)
+
+        return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior)
+
+    def _packed_or_empty(self, tr, K: int, x: Tensor) -> Tensor:
+        z = self._pack(tr)
+        if z is None:
+            return torch.zeros(K, x.shape[0], 0, device=x.device)
+        return z
+
+    def _x(self, B: int, like: Tensor | None, x_like: Tensor | None) -> Tensor:
+        if x_like is not None and x_like.shape[0] == B:
+            return x_like
+        device = like.device if like is not None else (
+            x_like.device if x_like is not None else None)
+        return torch.zeros(B, *self._x_rest, device=device)
+
+    # ---- simulation ---------------------------------------------------------------------------
+    def simulate(self, *args, x_like: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
+        """(x, z) drawn from the model: x shaped like ``x_like`` and the packed latents
+        ``(B, L)``, an exact sample of p(z | x) for that x (what BDMC needs). Needs a single
+        observed site holding x."""
+        if len(self.observed) != 1:
+            raise ProgramError(f"simulating data needs one observed site, the model has "
+                               f"{len(self.observed)} ({', '.join(self.observed)})")
+        with torch.no_grad():
+            tr = self._trace(self.model, 1, x_like, args, kwargs, uncondition=True)
+        site = tr.nodes[self.observed[0]]
+        x = site["value"]
+        x = x.select(x.dim() - site["fn"].event_dim + self.particle_dim, 0)
+        if x.shape != x_like.shape:
+            raise ProgramError(f"the observed site {self.observed[0]!r} holds a value of shape "
+                               f"{tuple(x.shape)}, not x's {tuple(x_like.shape)}: pgm simulates "
+                               "data only for a program that observes x as it is given")
+        return x, self._packed_or_empty(tr, 1, x_like)[0]

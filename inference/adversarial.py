@@ -32,16 +32,18 @@ end (``d_valid``, ``d_gen``: at the game's equilibrium both are 1/2 and D's loss
 weights). RUN/steps.csv keeps every step.
 
 With ``out`` the run directory has the layout of :func:`pgm.fit` (config.json with model
-"gan", model.safetensors, checkpoint.pt, history.csv) and: figures/samples_epochNNN.png every
-``sample_every`` epochs -- the same fixed z each time, so you can sit and watch the samples --
-and, for 1-D data, snapshots.json: D(x), the generator's density and the map z -> x at the
-start and every ``snapshot_every`` epochs, the material of the paper's Fig. 1 (drawn by
-:mod:`pgm.gan_figures`). A GAN has no validation likelihood to pick a "best" epoch, so
-model.safetensors holds the last epoch's weights. ``resume=True`` continues to the result of
-an uninterrupted run (shuffling is seeded by (seed, epoch); the RNG state, the optimizers and
-the logs are in the checkpoint, which is written before the CSV/JSON views of the logs). With
-``lr_schedule="linear"`` the rates depend on ``epochs``, so only a resume with the same
-``epochs`` repeats the uninterrupted run; a constant rate also continues exactly to more epochs.
+"gan", model.safetensors, checkpoint.pt, history.csv) and, for 1-D data, snapshots.json: D(x),
+the generator's density and the map z -> x at the start and every ``snapshot_every`` epochs,
+the material of the paper's Fig. 1 (drawn by :mod:`pgm.models.gan_figures`). Per-epoch work
+of the caller's -- such as :func:`pgm.models.gan_figures.save_epoch_samples`, a sample grid
+every ``sample_every`` epochs from the same fixed z, so you can sit and watch the samples --
+is an ``on_epoch`` callback that gets an :class:`EpochEnd`; the loop draws nothing itself. A
+GAN has no validation likelihood to pick a "best" epoch, so model.safetensors holds the last
+epoch's weights. ``resume=True`` continues to the result of an uninterrupted run (shuffling
+is seeded by (seed, epoch); the RNG state, the optimizers and the logs are in the checkpoint,
+which is written before the CSV/JSON views of the logs). With ``lr_schedule="linear"`` the
+rates depend on ``epochs``, so only a resume with the same ``epochs`` repeats the
+uninterrupted run; a constant rate also continues exactly to more epochs.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pyro
 import torch
@@ -240,14 +244,29 @@ def _read_steps(path: Path, last_epoch: int) -> list[list]:
 # ----------------------------------------------------------------------------- the loop
 
 
+class EpochEnd(NamedTuple):
+    """What :func:`fit_gan`'s ``on_epoch`` callback gets at the end of each epoch."""
+
+    gan: torch.nn.Module
+    epoch: int  # 1-based
+    due: bool  # a sample grid is due (every ``sample_every`` epochs, and at the last)
+    out: Path | None
+    data: object
+    z_fixed: torch.Tensor  # the same noise every epoch
+    x_grid: torch.Tensor | None  # 1-D data: where the snapshots are taken
+    snapshot: dict | None  # 1-D data: this epoch's snapshot, if one was taken
+
+
 def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | None = None,
-            resume: bool = False, progress: bool | None = None, **overrides) -> list[dict]:
+            resume: bool = False, progress: bool | None = None,
+            on_epoch: Callable[[EpochEnd], None] | None = None, **overrides) -> list[dict]:
     """Train ``gan`` adversarially on ``data.x_train``; return the history rows (one per epoch).
 
     ``fit_gan(gan, data, epochs=5, k=2)`` overrides fields of :class:`GANFitConfig`. With ``out``
     the run directory gets config, weights, checkpoint, history, steps and sample grids each
     epoch; ``resume=True`` continues the run found there. For 1-D data the snapshots are also
-    left on ``gan.snapshots`` as ``(x_grid, [snapshot, ...])``.
+    left on ``gan.snapshots`` as ``(x_grid, [snapshot, ...])``. ``on_epoch(EpochEnd)`` is
+    called at the end of every epoch, before the weights are saved.
     """
     cfg = config or GANFitConfig()
     cfg = replace(cfg, **overrides) if overrides else cfg
@@ -331,17 +350,12 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
         row = {"epoch": epoch + 1, **means, "d_valid": d_valid, "d_gen": d_gen,
                "lr": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
                "seconds": seconds, "save_seconds": 0.0}
+        if on_epoch is not None:
+            due = epoch + 1 == cfg.epochs or bool(cfg.sample_every
+                                                  and (epoch + 1) % cfg.sample_every == 0)
+            on_epoch(EpochEnd(gan, epoch + 1, due, out, data, z_fixed, x_grid,
+                              snapshots[-1] if one_d else None))
         if out is not None:
-            draw = epoch + 1 == cfg.epochs or (cfg.sample_every
-                                               and (epoch + 1) % cfg.sample_every == 0)
-            if draw:
-                from pgm.gan_figures import epoch_samples_figure
-                from pgm.plots import save_figure
-
-                fig = epoch_samples_figure(gan, z_fixed, data, epoch + 1, x_grid=x_grid,
-                                           snapshot=snapshots[-1] if one_d else None)
-                if fig is not None:
-                    save_figure(fig, out / "figures" / f"samples_epoch{epoch + 1:03d}.png")
             io.save_weights(gan, out / io.WEIGHTS)
             row["save_seconds"] = time.perf_counter() - t2  # the sample grid and the weights
             # The checkpoint holds everything resume needs, the logs included, so a run killed
@@ -405,7 +419,7 @@ def gan_settings_for(data) -> dict:
 
 def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None, seed: int = 0,
               device: str = "auto", resume: bool = False, progress: bool | None = None,
-              **settings):
+              on_epoch: Callable[[EpochEnd], None] | None = None, **settings):
     """Build a GAN for ``data`` and train it; return ``(gan, history)``.
 
     ``settings`` are fields of :class:`pgm.models.gan.GANConfig` (``latent_dim``, ``hidden``,
@@ -442,5 +456,6 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
             raise CheckpointError(f"{out} holds a different model; resume with the same options")
     torch.manual_seed(seed)  # the initial weights
     gan = GAN(model_cfg)
-    history = fit_gan(gan, data, cfg, out=out, resume=resume, progress=progress)
+    history = fit_gan(gan, data, cfg, out=out, resume=resume, progress=progress,
+                      on_epoch=on_epoch)
     return gan, history

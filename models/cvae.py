@@ -9,7 +9,7 @@ either :math:`\mathcal N(0, I)` (``prior="standard"``) or a learned conditional 
 :math:`\mathbb E_q[\log p(x|z,y)] - \mathrm{KL}(q(z|x,y) \| p(z|y))`. Because the decoder is
 told the digit, the code is free to carry the rest, the style: encode a test image with its
 own label and decode the code with every other label (the lecture's CVAE picture,
-:func:`pgm.family_figures.write_cvae_figures`).
+:func:`pgm.models.cvae_figures.write_cvae_figures`).
 
 :class:`HalfImageCVAE`: the structured-output task of Sohn et al. (2015) and Pyro's CVAE
 example: predict the bottom half of an image (``x`` of the contract) from the top half (the
@@ -149,6 +149,13 @@ class CVAE(LatentVariableModel):
         y1h = self.one_hot(y)
         y1h = y1h.expand(*z.shape[:-1], y1h.shape[-1])
         return self.likelihood(self.decoder(torch.cat([z, y1h], dim=-1)))
+
+    def write_figures(self, run_dir, data, history, **options):
+        """Style transfer, samples per class, reconstructions, ELBO curves
+        (:mod:`pgm.models.cvae_figures`)."""
+        from .cvae_figures import write_cvae_figures
+
+        return write_cvae_figures(run_dir, self, data, history, **options)
 
     # ---- conveniences --------------------------------------------------------------------
     def _labels(self, n: int, y) -> torch.Tensor:

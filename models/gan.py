@@ -294,6 +294,13 @@ class GAN(nn.Module):
                             "but a sigmoid generator outputs [0, 1]; use output='identity' for "
                             "real-valued data")
 
+    def write_figures(self, run_dir, data, history, **options):
+        """Samples, nearest training images, training curves, and for 1-D data the toy series
+        (:mod:`pgm.models.gan_figures`)."""
+        from .gan_figures import write_gan_figures
+
+        return write_gan_figures(run_dir, self, data, history, **options)
+
     def explicit_view(self, sigma: float) -> ExplicitGAN:
         """The contract view p(u) N(x; G(z(u)), sigma^2 I) sharing this GAN's generator."""
         return ExplicitGAN(self, sigma)

@@ -290,6 +290,13 @@ class GMM(LatentVariableModel):
             view.set_parameters(self.weights, self.means, torch.full_like(self.means, sigma))
         return view.to(self.logits.device).eval()
 
+    def write_figures(self, run_dir, data, history, **options):
+        """Components, samples, responsibilities and log-likelihood curves
+        (:mod:`pgm.models.gmm_figures`)."""
+        from .gmm_figures import write_gmm_figures
+
+        return write_gmm_figures(run_dir, self, data, history, **options)
+
     # ---- sampling ------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, *, mean: bool = True,

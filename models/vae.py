@@ -86,6 +86,12 @@ class VAE(LatentVariableModel):
     def decode(self, z, y=None):
         return self.likelihood(self.decoder(z))
 
+    def write_figures(self, run_dir, data, history, **options):
+        """The training figures, with the latent sampler (codes from a mixture fitted to the
+        training codes) and, given ``baseline=`` an autoencoder, the interpolation figure."""
+        return super().write_figures(run_dir, data, history,
+                                     **{"latent_sampler": self.guide_density, **options})
+
 
 class Autoencoder(VAE):
     """The same networks with a Delta guide q(z|x) = delta(z - m(x)): no noise on the code."""

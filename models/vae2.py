@@ -98,6 +98,12 @@ class TwoLayerVAE(nn.Module):
     def check_data(self, x: torch.Tensor, name: str = "x") -> None:
         check_data(self, x, name)
 
+    def write_figures(self, run_dir, data, history, **options):
+        """Reconstructions, samples and ELBO curves (:mod:`pgm.models.vae_figures`)."""
+        from .vae_figures import write_training_figures
+
+        return write_training_figures(run_dir, self, data, history, **options)
+
     def explicit_view(self, sigma: float):
         raise TypeError("the two-layer VAE declares no explicit Gaussian view")
 

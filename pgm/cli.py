@@ -155,10 +155,8 @@ def _train(args) -> int:
     from pgm import io
     from pgm.config import from_dict
     from pgm.data import load_dataset
-    from pgm.family_figures import write_cvae_figures, write_gmm_figures
     from pgm.inference.svi import FitConfig, fit
     from pgm.models import get_model_class
-    from pgm.training_figures import write_training_figures
 
     if args.model not in TRAINABLE:
         raise PgmError(f"unknown model {args.model!r}; trainable: {', '.join(TRAINABLE)}")
@@ -197,12 +195,8 @@ def _train(args) -> int:
             resume=args.resume and (ae_out / io.CHECKPOINT).exists())
     if not distributed.is_main():
         return 0
-    if args.model == "gmm":
-        figures = write_gmm_figures(out, model, data, history)
-    elif args.model == "cvae":
-        figures = write_cvae_figures(out, model, data, history)
-    else:
-        figures = write_training_figures(out, model, data, history, baseline=baseline)
+    figures = model.write_figures(out, data, history,
+                                  **({} if baseline is None else {"baseline": baseline}))
     best = max(history, key=lambda r: r["valid_elbo"]) if history else None
     if best is not None:
         print(f"best valid ELBO {best['valid_elbo']:.3f} nats at epoch {best['epoch']} "
@@ -215,7 +209,6 @@ def _train_gan(args, out: Path, progress) -> int:
     """The GAN trains adversarially (pgm.inference.adversarial), on grey values."""
     from pgm import io
     from pgm.data import load_dataset
-    from pgm.gan_figures import write_gan_figures
     from pgm.inference.adversarial import train_gan
 
     saved = io.read_config(out)["fit"] if args.resume else {}
@@ -223,9 +216,12 @@ def _train_gan(args, out: Path, progress) -> int:
     epochs = args.epochs if args.epochs is not None else saved.get("epochs")  # None: per data
     data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
     settings = {} if args.lr is None else {"lr": args.lr}
+    from pgm.models.gan_figures import save_epoch_samples
+
     gan, history = train_gan(data, out, epochs=epochs, seed=seed, device=args.device,
-                             resume=args.resume, progress=progress, **settings)
-    figures = write_gan_figures(out, gan, data, history)
+                             resume=args.resume, progress=progress,
+                             on_epoch=save_epoch_samples, **settings)
+    figures = gan.write_figures(out, data, history)
     print(f"trained {len(history)} epochs; D(real) {history[-1]['d_real']:.3f}, "
           f"D(fake) {history[-1]['d_fake']:.3f} (no loss says how good a GAN is: "
           f"look at {out / 'figures'}, or run `pgm evaluate {out}`)")

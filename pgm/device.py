@@ -16,3 +16,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; "
                            "use --device cpu or auto")
     return dev
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s parameters."""
+    return next(module.parameters()).device

@@ -489,3 +489,81 @@ def gap_histogram(gaps: Mapping[str, object], *, title=None) -> Figure:
     ax.set_title(title or "per-datapoint gaps", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- a labelled grid
+
+_MIN_PX = 24
+
+
+def upscale_min(a: np.ndarray) -> np.ndarray:
+    """Repeat pixels so that a tile's short side has at least _MIN_PX pixels."""
+    k = max(1, math.ceil(_MIN_PX / min(a.shape[-2:])))
+    return a if k == 1 else a.repeat(k, axis=-2).repeat(k, axis=-1)
+
+
+def labelled_grid(images, image_shape, *, row_labels=None, col_labels=None, captions=None,
+                   blank_after: int | None = None, split_row: int | None = None,
+                   title=None) -> Figure:
+    """An (R, C) grid of images with optional row/column labels and a caption under each tile.
+
+    ``images``: (R, C, D) with values in [0, 1]. ``blank_after``: a white gap column after
+    this column index. ``split_row``: draw a thin red line at that pixel row of every tile
+    (where the given top half of an image ends).
+    """
+    a = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images,
+                   dtype=np.float64)
+    if a.ndim != 3:
+        raise DataError(f"expected (rows, cols, D) images, got shape {a.shape}")
+    R, C, _ = a.shape
+    h, w = image_shape
+    tiles = upscale_min(np.clip(a.reshape(R, C, h, w), 0, 1))
+    th, tw = tiles.shape[-2:]
+    k = th // h
+    pad_x = max(2, tw // 14)
+    pad_y = pad_x + (int(th * 0.45) if captions is not None else 0)
+    gap = tw // 3 if blank_after is not None else 0  # white space after column blank_after
+    x0 = {c: c * (tw + pad_x) + (gap if blank_after is not None and c > blank_after else 0)
+          for c in range(C)}
+    canvas = np.ones((R * (th + pad_y) - pad_y, C * (tw + pad_x) - pad_x + gap))
+    for c in range(C):
+        for r in range(R):
+            y = r * (th + pad_y)
+            canvas[y:y + th, x0[c]:x0[c] + tw] = tiles[r, c]
+    label_in = 0.0 if row_labels is None else 0.12 + 0.07 * max(len(str(s)) for s in row_labels)
+    cap_in = 0.2 if captions is not None else 0.0
+    head_in = 0.2 if col_labels is not None else 0.0
+    cell = CELL_IN * max(1.0, w / h)
+    fig = Figure(figsize=((C + gap / tw) * cell + label_in + 0.1,
+                          R * (CELL_IN + cap_in) + head_in + (0.35 if title else 0.0)),
+                 layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if split_row is not None:
+        for xs in x0.values():
+            for r in range(R):
+                y = r * (th + pad_y) + split_row * k - 0.5
+                ax.plot([xs - 0.5, xs + tw - 0.5], [y, y], color="tab:red", lw=0.6)
+    if row_labels is not None:
+        for r, s in enumerate(row_labels):
+            ax.text(-pad_x, r * (th + pad_y) + th / 2, str(s), ha="right", va="center",
+                    fontsize="small")
+    if col_labels is not None:
+        for c, s in enumerate(col_labels):
+            if c in x0:
+                ax.text(x0[c] + tw / 2, -pad_x, str(s), ha="center", va="bottom",
+                        fontsize="small")
+    if captions is not None:
+        for r in range(R):
+            for c in range(C):
+                text = captions[r][c]
+                if text:
+                    ax.text(x0[c] + tw / 2, r * (th + pad_y) + th + 1, text, ha="center",
+                            va="top", fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig

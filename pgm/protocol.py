@@ -108,6 +108,14 @@ class LatentVariableModel(nn.Module):
 
         return MeanView(self, sigma)
 
+    def write_figures(self, run_dir, data, history: list[dict], **options) -> list:
+        """The figures of a trained run in RUN/figures/ (reconstructions, samples, ELBO curves,
+        the 2-D latent space); returns their paths. Models with figures of their own override
+        it, beside the model (``pgm.models.*_figures``)."""
+        from pgm.models.vae_figures import write_training_figures
+
+        return write_training_figures(run_dir, self, data, history, **options)
+
     def initialize(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """Data-dependent initialisation, called by fit() before a new run (e.g. k-means++)."""
 

@@ -12,7 +12,6 @@ from sklearn.linear_model import LogisticRegression
 
 from pgm import fit, load_dataset
 from pgm.errors import DataError
-from pgm.family_figures import completion_figure, write_cvae_figures
 from pgm.inference.adapter import latent_callables
 from pgm.models import CVAE, get_model_class
 from pgm.models.cvae import (
@@ -21,6 +20,7 @@ from pgm.models.cvae import (
     conditional_log_likelihood,
     fit_completion,
 )
+from pgm.models.cvae_figures import completion_figure, write_cvae_figures
 
 CONFIGS = [
     dict(data_dim=64, latent_dim=3, hidden=(32,), prior="standard"),

@@ -13,7 +13,6 @@ import pgm
 from pgm import io
 from pgm.errors import CheckpointError, DataError
 from pgm.evaluation import EvalConfig, evaluate
-from pgm.gan_figures import write_gan_figures
 from pgm.inference.adversarial import (
     GANFitConfig,
     discriminator_step,
@@ -24,6 +23,7 @@ from pgm.inference.adversarial import (
 )
 from pgm.models import GAN, get_model_class
 from pgm.models.explicit import choose_sigma
+from pgm.models.gan_figures import save_epoch_samples, write_gan_figures
 
 TOY_EPOCHS = 40
 
@@ -38,7 +38,7 @@ def toy(gauss1d, tmp_path_factory):
     """The paper's toy, trained once with train_gan's defaults for 1-D data."""
     out = tmp_path_factory.mktemp("toy") / "run"
     gan, history = train_gan(gauss1d, out, epochs=TOY_EPOCHS, seed=0, progress=False,
-                             sample_every=20)
+                             sample_every=20, on_epoch=save_epoch_samples)
     return gan, history, out
 
 
@@ -240,7 +240,8 @@ def test_evaluate_and_choose_sigma_on_the_toy(toy, gauss1d):
 def test_resume_equals_uninterrupted(gauss1d, tmp_path, monkeypatch):
     import pgm.inference.adversarial as adv
 
-    kw = dict(epochs=4, seed=3, progress=False, sample_every=1, batch_size=200, d_dropout=0.1)
+    kw = dict(epochs=4, seed=3, progress=False, sample_every=1, batch_size=200, d_dropout=0.1,
+              on_epoch=save_epoch_samples)
     full, h_full = train_gan(gauss1d, tmp_path / "a", **kw)  # linear lr decay: 1-D default
     saves, save = [], io.save_checkpoint
 
@@ -295,7 +296,7 @@ def test_existing_run_other_settings_and_unknown_options_are_refused(gauss1d, tm
 def test_image_gan_trains_and_draws(tmp_path):
     data = pgm.load_dataset("digits", binarize="none")
     gan, history = train_gan(data, tmp_path / "img", epochs=2, progress=False, hidden=(32,),
-                             latent_dim=4, sample_every=1)
+                             latent_dim=4, sample_every=1, on_epoch=save_epoch_samples)
     assert gan.config.output == "sigmoid" and gan.config.image_shape == (8, 8)
     s = gan.sample(10)
     assert s.shape == (10, 64) and s.min() >= 0 and s.max() <= 1

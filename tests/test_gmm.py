@@ -15,9 +15,9 @@ from sklearn.mixture import GaussianMixture
 
 from pgm import VAE, fit
 from pgm.data import Dataset
-from pgm.family_figures import latent_sampler_figure, write_gmm_figures
 from pgm.models import GMM, get_model_class
 from pgm.models.gmm import fit_latent_gmm
+from pgm.models.gmm_figures import latent_sampler_figure, write_gmm_figures
 
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2])
 MEANS = torch.tensor([[-6.0, 0.0], [6.0, 0.0], [0.0, 7.0]])

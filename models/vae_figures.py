@@ -1,4 +1,5 @@
-"""The figures a training run writes into RUN/figures/, composed from :mod:`pgm.plots`.
+"""The figures a VAE's (or any continuous-latent model's) training run writes into
+RUN/figures/, composed from :mod:`pgm.plots`.
 
 - ``reconstructions.png``: test inputs above their reconstructions
 - ``samples.png``: decoder means of z ~ p(z)
@@ -7,8 +8,8 @@
   the decoded grid of standard-normal quantiles
 - ``interpolation.png`` (when an autoencoder baseline is given): the path between two test
   images through code space, VAE above autoencoder
-- ``latent_sampler.png`` (VAE on images): decoded samples from z ~ N(0, I) beside z ~ a
-  Gaussian mixture fitted to the training codes
+- ``latent_sampler.png`` (``latent_sampler=True``, images): decoded samples from z ~ N(0, I)
+  beside z ~ a Gaussian mixture fitted to the training codes
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def interpolation_row(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10
 
 @torch.no_grad()
 def write_training_figures(run_dir: str | Path, model, data, history: list[dict], *,
-                           baseline=None, n: int = 64) -> list[Path]:
+                           baseline=None, latent_sampler: bool = False,
+                           n: int = 64) -> list[Path]:
     """Write the figures listed in the module docstring; return their paths."""
     fig_dir = Path(run_dir) / "figures"
     model = model.eval()
@@ -57,8 +59,8 @@ def write_training_figures(run_dir: str | Path, model, data, history: list[dict]
                 plots.manifold(lambda c: model.decode(c.to(device)).mean, shape,
                                title=f"{name}: decoded latent manifold"),
                 fig_dir / "manifold.png"))
-    if model.name == "vae" and shape is not None:
-        from pgm.family_figures import latent_sampler_figure
+    if latent_sampler and shape is not None:
+        from pgm.models.gmm_figures import latent_sampler_figure
 
         written.append(plots.save_figure(latent_sampler_figure(model, data),
                                          fig_dir / "latent_sampler.png"))

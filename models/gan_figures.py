@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 
 from pgm import io, plots
 
-__all__ = ["epoch_samples_figure", "toy_panel", "toy_series_figure", "training_curves_figure",
-           "write_gan_figures"]
+__all__ = ["epoch_samples_figure", "save_epoch_samples", "toy_panel", "toy_series_figure",
+           "training_curves_figure", "write_gan_figures"]
 
 _DATA, _GEN, _DISC = "black", "tab:green", "tab:blue"
 
@@ -115,6 +115,17 @@ def toy_series_figure(x_grid: torch.Tensor, snapshots: list[dict], x_data: torch
     fig.suptitle(title or "GAN on 1-D data: data (dotted), generator (green), D (dashed); "
                  "below: z -> x = G(z)", fontsize="medium")
     return fig
+
+
+def save_epoch_samples(end) -> None:
+    """An ``on_epoch`` callback for :func:`pgm.inference.adversarial.fit_gan`: when a grid is
+    due, RUN/figures/samples_epochNNN.png from :func:`epoch_samples_figure`."""
+    if end.out is None or not end.due:
+        return
+    fig = epoch_samples_figure(end.gan, end.z_fixed, end.data, end.epoch, x_grid=end.x_grid,
+                               snapshot=end.snapshot)
+    if fig is not None:
+        plots.save_figure(fig, Path(end.out) / "figures" / f"samples_epoch{end.epoch:03d}.png")
 
 
 def epoch_samples_figure(gan, z_fixed: torch.Tensor, data, epoch: int, *,

@@ -86,7 +86,7 @@ def write_cvae_figures(run_dir, model, data, history) -> list[Path]:
 def completion_figure(result, *, n: int = 8, draws: int = 3, seed: int = 0) -> Figure:
     """Top halves completed by the CVAE (``draws`` z ~ p(z|top)) and the baseline, and truth.
 
-    ``result`` is a :class:`pgm.models.cvae.CompletionResult`; the red line marks where the
+    ``result`` is a :class:`pgm.completion.CompletionResult`; the red line marks where the
     given top half ends.
     """
     cvae, base, cd = result.cvae.eval(), result.baseline.eval(), result.data

@@ -11,15 +11,11 @@ from pyro.infer import Trace_ELBO
 from sklearn.linear_model import LogisticRegression
 
 from pgm import fit, load_dataset
+from pgm.completion import conditional_log_likelihood, fit_completion
 from pgm.errors import DataError
 from pgm.inference.adapter import latent_callables
 from pgm.models import CVAE, get_model_class
-from pgm.models.cvae import (
-    HalfImageCVAE,
-    completion_dataset,
-    conditional_log_likelihood,
-    fit_completion,
-)
+from pgm.models.cvae import HalfImageCVAE, completion_dataset
 from pgm.models.cvae_figures import completion_figure, write_cvae_figures
 
 CONFIGS = [

@@ -209,6 +209,7 @@ class GAN(nn.Module):
     plain_distributions = False
     exact_method = None
     has_density = False
+    trainer = "adversarial"
 
     def __init__(self, config: GANConfig | None = None, **kwargs):
         super().__init__()

@@ -86,6 +86,7 @@ class GMM(LatentVariableModel):
     Config = GMMConfig
     latent = "discrete"
     exact_method = "enumeration"
+    default_lr = 3e-2
 
     def __init__(self, config: GMMConfig | None = None, **kwargs):
         super().__init__()

@@ -55,6 +55,7 @@ class VAE(LatentVariableModel):
 
     name = "vae"
     Config = VAEConfig
+    baseline = "ae"  # pgm train fits the autoencoder beside it, for the interpolation figure
 
     def __init__(self, config: VAEConfig | None = None, **kwargs):
         super().__init__()
@@ -98,6 +99,7 @@ class Autoencoder(VAE):
 
     name = "ae"
     guide_density = False
+    baseline = None
 
     def encode(self, x, y=None):
         m, _ = self.encode_params(x, y)

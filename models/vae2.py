@@ -65,6 +65,9 @@ class TwoLayerVAE(nn.Module):
     plain_distributions = False
     exact_method = None
     has_density = True
+    trainer = "svi"
+    default_lr = 1e-3
+    baseline = None
 
     def __init__(self, config: TwoLayerVAEConfig | None = None, **kwargs):
         super().__init__()

@@ -163,9 +163,11 @@ def _train(args) -> int:
     data_name = Path(args.data).stem if Path(args.data).exists() else args.data
     out = Path(args.out or f"runs/{args.model}-{data_name}")
     progress = False if args.no_progress else None
-    if args.model == "gan":
+    cls = get_model_class(args.model)
+    if cls.trainer == "adversarial":
         if distributed.launched():
-            raise PgmError("pgm train gan runs in one process; start it without torchrun")
+            raise PgmError(f"pgm train {args.model} runs in one process; start it without "
+                           "torchrun")
         return _train_gan(args, out, progress)
     args.epochs = 30 if args.epochs is None else args.epochs
     if args.resume:
@@ -179,7 +181,7 @@ def _train(args) -> int:
         pyro.set_rng_seed(args.seed)
         data = load_dataset(args.data, binarize=args.binarize, seed=args.seed)
         model = _build_model(args, data)
-        lr = args.lr if args.lr is not None else (3e-2 if args.model == "gmm" else 1e-3)
+        lr = args.lr if args.lr is not None else cls.default_lr
         cfg = FitConfig(objective=args.objective, num_particles=args.particles,
                         epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                         lr_schedule=args.lr_schedule, clip_norm=args.clip_norm or None,
@@ -187,10 +189,10 @@ def _train(args) -> int:
                         seed=args.seed, device=args.device)
     history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress)
     baseline = None
-    if args.model == "vae" and not args.no_ae_baseline and data.image_shape is not None:
-        ae_out = out / "ae-baseline"
+    if model.baseline and not args.no_ae_baseline and data.image_shape is not None:
+        ae_out = out / f"{model.baseline}-baseline"
         pyro.set_rng_seed(cfg.seed)
-        baseline = get_model_class("ae")(model.config)
+        baseline = get_model_class(model.baseline)(model.config)
         fit(baseline, data, cfg, out=ae_out, progress=progress,
             resume=args.resume and (ae_out / io.CHECKPOINT).exists())
     if not distributed.is_main():

@@ -36,6 +36,10 @@ name:
                          through its explicit view, with sample quality beside it
 ``explicit_view(s)``     the model :math:`p(z)\,\mathcal N(x; \mu(z), s^2 I)` of its generator
 ``write_figures(...)``   the figures of a trained run (:meth:`LatentVariableModel.write_figures`)
+``trainer``              ``"svi"`` (:func:`pgm.fit`) or ``"adversarial"`` (the GAN)
+``default_lr``           the Adam learning rate ``pgm train`` uses unless told otherwise
+``baseline``             the registered name of a model ``pgm train`` fits beside this one
+                         with the same networks (the VAE's autoencoder), or None
 =======================  ======================================================================
 
 Estimators and the training loop only use this contract, never a model-specific formula.
@@ -70,6 +74,9 @@ class LatentVariableModel(nn.Module):
     plain_distributions: ClassVar[bool] = True
     exact_method: ClassVar[str | None] = None
     has_density: ClassVar[bool] = True
+    trainer: ClassVar[str] = "svi"
+    default_lr: ClassVar[float] = 1e-3
+    baseline: ClassVar[str | None] = None
     latent_dim: int
     data_dim: int
     likelihood: Likelihood

@@ -107,6 +107,12 @@ def _is_identity(t) -> bool:
     return t is identity_transform
 
 
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors are views of the same values (e.g. two slices x[lo:hi] of x)."""
+    return a is b or (a.shape == b.shape and a.stride() == b.stride() and a.device == b.device
+                      and a.data_ptr() == b.data_ptr())
+
+
 def _fn_name(fn) -> str:
     return type(_base(fn)).__name__
 
@@ -301,18 +307,28 @@ class Program:
         prior_names = (*[s.name for s in self.latents], *self.enumerated)
         enum = bool(self.enumerated)
 
-        def log_joint(x, z):
+        last: dict = {}  # the last model trace: AIS and HMC ask log p(z) and log p(x, z)
+        # at the same z one after the other, and one trace of the model serves both
+
+        def model_trace(x, z):
+            """The model traced at packed ``z`` (with data ``x``; None: any data will do)."""
+            hit = last.get("z") is z and last["version"] == z._version
+            if hit and (x is None or _same(last["x"], x)):
+                return last["trace"], last["ladj"]
             K, B = z.shape[:2]
             values, ladj = self._unpack(z)
+            x = self._x(B, z, x_like) if x is None else x
             tr = self._trace(model, K, x, args, kwargs, values=values, enum=enum)
-            return self._log_density(tr, joint_names, K, B) + ladj
+            last.update(z=z, version=z._version, x=x, trace=tr, ladj=ladj)
+            return tr, ladj
+
+        def log_joint(x, z):
+            tr, ladj = model_trace(x, z)
+            return self._log_density(tr, joint_names, *z.shape[:2]) + ladj
 
         def log_prior(z):
-            K, B = z.shape[:2]
-            values, ladj = self._unpack(z)
-            x = self._x(B, z, x_like)
-            tr = self._trace(model, K, x, args, kwargs, values=values, enum=enum)
-            return self._log_density(tr, prior_names, K, B) + ladj
+            tr, ladj = model_trace(None, z)
+            return self._log_density(tr, prior_names, *z.shape[:2]) + ladj
 
         def sample_q(x, K):
             with torch.no_grad():

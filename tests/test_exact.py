@@ -14,8 +14,8 @@ from pgm.inference.exact import (
     linear_gaussian_log_marginal,
     linear_gaussian_posterior,
     linear_gaussian_sample,
-    quadrature_log_marginal,
 )
+from pgm.inference.quadrature import quadrature_log_marginal
 
 F64 = torch.float64
 

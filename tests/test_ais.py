@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 
 from pgm.inference.ais import ais, bdmc_upper
 from pgm.inference.exact import (
-    linear_gaussian_callables,
     linear_gaussian_log_marginal,
     linear_gaussian_sample,
 )

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 
 from pgm.errors import DataError
 from pgm.inference.bounds import (
@@ -20,7 +21,6 @@ from pgm.inference.bounds import (
 )
 from pgm.inference.callables import Estimate, LatentCallables
 from pgm.inference.exact import (
-    linear_gaussian_callables,
     linear_gaussian_log_marginal,
     linear_gaussian_sample,
 )

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 from matplotlib.figure import Figure
 
 from pgm.errors import DataError
@@ -23,7 +24,6 @@ from pgm.inference.diagnostics import (
     weight_diagnostics,
 )
 from pgm.inference.exact import (
-    linear_gaussian_callables,
     linear_gaussian_posterior,
     linear_gaussian_sample,
 )

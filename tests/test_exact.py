@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 from scipy.stats import multivariate_normal
 
 from pgm.errors import DataError
 from pgm.inference.exact import (
     enumerate_log_marginal,
-    linear_gaussian_callables,
     linear_gaussian_log_marginal,
     linear_gaussian_posterior,
     linear_gaussian_sample,

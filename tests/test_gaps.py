@@ -11,12 +11,12 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 
 from pgm.errors import DataError
 from pgm.inference.adapter import latent_callables
 from pgm.inference.bounds import elbo
 from pgm.inference.exact import (
-    linear_gaussian_callables,
     linear_gaussian_log_marginal,
     linear_gaussian_posterior,
     linear_gaussian_sample,

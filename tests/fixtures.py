@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from pgm.inference.callables import LatentCallables
-from pgm.inference.exact import _check_linear_gaussian, linear_gaussian_posterior
+from pgm.models.linear_gaussian import _check_linear_gaussian, linear_gaussian_posterior
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -11,12 +11,9 @@ import torch
 from fixtures import linear_gaussian_callables
 
 from pgm.inference.ais import ais, bdmc_upper
-from pgm.inference.exact import (
-    linear_gaussian_log_marginal,
-    linear_gaussian_sample,
-)
 from pgm.inference.hmc import HMCState, adapt_step_size, hmc_init, hmc_step, value_and_grad
 from pgm.inference.schedules import check_schedule, linear_schedule, sigmoid_schedule
+from pgm.models.linear_gaussian import linear_gaussian_log_marginal, linear_gaussian_sample
 
 F64 = torch.float64
 

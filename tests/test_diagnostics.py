@@ -23,11 +23,11 @@ from pgm.inference.diagnostics import (
     reference_posterior,
     weight_diagnostics,
 )
-from pgm.inference.exact import (
+from pgm.models.linear_gaussian import (
+    LinearGaussian,
     linear_gaussian_posterior,
     linear_gaussian_sample,
 )
-from pgm.models.linear_gaussian import LinearGaussian
 
 F64 = torch.float64
 

@@ -9,13 +9,13 @@ from fixtures import linear_gaussian_callables
 from scipy.stats import multivariate_normal
 
 from pgm.errors import DataError
-from pgm.inference.exact import (
-    enumerate_log_marginal,
+from pgm.inference.exact import enumerate_log_marginal
+from pgm.inference.quadrature import quadrature_log_marginal
+from pgm.models.linear_gaussian import (
     linear_gaussian_log_marginal,
     linear_gaussian_posterior,
     linear_gaussian_sample,
 )
-from pgm.inference.quadrature import quadrature_log_marginal
 
 F64 = torch.float64
 

@@ -31,12 +31,20 @@ exact posterior sample is available for data simulated from the model: draw
 :math:`z \sim p(z)`, :math:`x \sim p(x|z)`; then z is an exact sample of p(z|x). The gap
 between the upper bound and the AIS lower bound bounds the error of both.
 
+One annealing step is a kernel, in the BlackJAX style of :mod:`pgm.inference.hmc`:
+``state, info = ais_step(state, x, beta_prev, beta, f)`` with NamedTuple :class:`AISState`
+(the chains, their log weights and step sizes) and :class:`AISInfo` (acceptance and
+divergences per chain). :func:`ais` and :func:`bdmc_upper` are drivers that own the loops,
+over batches of datapoints and over the schedule (forwards for AIS, reversed for BDMC), and
+adapt the step sizes between kernel calls.
+
 Chains are vectorised over ``(C, B, L)``: C chains for each of B datapoints. Log weights are
 accumulated in float64. Each step evaluates the callables once more than the leapfrog needs
 (value and gradient at the new temperature, and :math:`\ell` for the weight), so a run costs
 ``T * (num_leapfrog + 1)`` gradient evaluations.
 
-Step sizes are stored per chain. With ``adapt=True`` they follow the multiplicative rule of
+Step sizes are stored per chain; the kernel leaves them as they are. With ``adapt=True``
+the drivers make them follow the multiplicative rule of
 :func:`pgm.inference.hmc.adapt_step_size`, driven by the acceptance probability *averaged
 over the C chains of each datapoint* (over all chains when C = 1), so the chains of a
 datapoint share one step size. Adaptation makes the kernels depend on the chains' past, a
@@ -54,6 +62,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from pyro.util import warn_if_nan
@@ -64,9 +73,35 @@ from .callables import Estimate, LatentCallables
 from .hmc import HMCState, adapt_step_size, hmc_step
 from .schedules import check_schedule
 
-__all__ = ["ais", "bdmc_upper"]
+__all__ = ["AISInfo", "AISState", "ais", "ais_step", "bdmc_upper"]
 
 Progress = Callable[[int, int], None]
+
+
+class AISState(NamedTuple):
+    r"""C chains for each of B datapoints, partway along the schedule.
+
+    z: ``(C, B, L)``; log_w: ``(C, B)`` float64 log weights so far; step_size: ``(C, B)``.
+    No log density or gradient is cached: the target changes at every step, and the kernel's
+    one evaluation at the new temperature gives both the value and gradient its transition
+    starts from and the :math:`\ell(z)` of the weight update.
+    """
+
+    z: Tensor
+    log_w: Tensor
+    step_size: Tensor
+
+
+class AISInfo(NamedTuple):
+    """Per-chain diagnostics of one step's HMC transition, each ``(C, B)``; both are None
+    when the step took no transition.
+
+    accept_prob: Metropolis acceptance probability (0 for divergent trajectories).
+    divergent: energy error above the threshold, or a non-finite energy.
+    """
+
+    accept_prob: Tensor | None
+    divergent: Tensor | None
 
 
 def _check_positive_int(name: str, value: int) -> int:
@@ -84,87 +119,85 @@ def _base_log_density(f: LatentCallables, initial: str) -> Callable[[Tensor, Ten
     raise ValueError(f"initial must be 'prior' or 'q', got {initial!r}")
 
 
-def _anneal(
-    f: LatentCallables,
+def ais_step(
+    state: AISState,
     x: Tensor,
-    z: Tensor,
-    betas: Tensor,
+    beta_prev: float,
+    beta: float,
+    f: LatentCallables,
     *,
-    log_p0: Callable[[Tensor, Tensor], Tensor],
-    step_size: Tensor,
-    num_leapfrog: int,
-    target_accept: float,
-    adapt: bool,
-    final_transition: bool,
-    generator: torch.Generator | None,
-    progress: Callable[[], None] | None,
-) -> dict[str, Tensor]:
-    """Run chains ``z`` ``(C, B, L)`` along ``betas`` (either direction); return their log weights.
+    initial: str = "prior",
+    num_leapfrog: int = 10,
+    transition: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[AISState, AISInfo]:
+    r"""One annealing step, from :math:`\beta_{t-1}` = ``beta_prev`` to :math:`\beta_t` = ``beta``.
 
-    At each t: add ``(beta_t - beta_{t-1}) * ell(z)`` to the log weight, then take one HMC
-    transition targeting pi_t (skipped at the last t unless ``final_transition``).
+    Adds :math:`(\beta_t - \beta_{t-1})\,\ell(z)` to each chain's log weight (nothing when the
+    two are equal, also where :math:`\ell(z) = -\infty`), then takes one HMC transition that
+    leaves :math:`\pi_t` invariant, unless ``transition`` is False. The step sizes are
+    ``state.step_size``, returned unchanged. BDMC runs it backwards, ``beta < beta_prev``.
+
+    Args:
+        state: the chains, ``(C, B, L)``.
+        x: ``(B, ...)`` their datapoints.
+        beta_prev, beta: the inverse temperatures (floats).
+        f: the model's callables.
+        initial: p_0: ``"prior"`` (p(z)) or ``"q"`` (q(z|x)).
+        num_leapfrog: leapfrog steps of the transition.
+        transition: False for the weight update alone.
+        generator: torch generator for momenta and accept/reject draws.
     """
+    log_p0 = _base_log_density(f, initial)
+    beta_prev, beta = float(beta_prev), float(beta)
+    z = state.z
     C, B = z.shape[:2]
-    log_w = torch.zeros(C, B, dtype=torch.float64, device=z.device)
-    accept_per_step, divergences = [], torch.zeros((), dtype=torch.long, device=z.device)
-    T = betas.numel() - 1
-    for t in range(1, T + 1):
-        beta_prev, beta = betas[t - 1].item(), betas[t].item()
 
-        def log_pi(z: Tensor, beta: float = beta) -> Tensor:
-            base = log_p0(x, z)
-            return base + beta * (f.log_joint(x, z) - base)
+    def log_pi(z: Tensor) -> Tensor:
+        base = log_p0(x, z)
+        return base + beta * (f.log_joint(x, z) - base)
 
-        # Value and gradient of log pi_t at the current z, and ell(z) for the weight update.
-        with torch.enable_grad():
-            z_ = z.detach().requires_grad_(True)
-            base = log_p0(x, z_)  # (C, B)
-            joint = f.log_joint(x, z_)  # (C, B)
-            if base.shape != (C, B) or joint.shape != (C, B):
-                raise ValueError(
-                    f"log densities must have shape ({C}, {B}), got {tuple(base.shape)} "
-                    f"and {tuple(joint.shape)}"
-                )
-            log_density = base + beta * (joint - base)
-            grad = None
-            if log_density.requires_grad:
-                (grad,) = torch.autograd.grad(log_density.sum(), z_, allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(z)
-        ell = joint.detach().to(torch.float64) - base.detach().to(torch.float64)
-        if beta != beta_prev:  # (a repeated beta adds nothing, also where ell = -inf)
-            log_w = log_w + (beta - beta_prev) * ell
-
-        if t < T or final_transition:
-            state = HMCState(z.detach(), log_density.detach(), grad.detach(), step_size)
-            state, info = hmc_step(state, log_pi, num_leapfrog=num_leapfrog, generator=generator)
-            z = state.z
-            accept_per_step.append(info.accept_prob.mean())
-            divergences = divergences + info.divergent.sum()
-            if adapt:
-                # Pool the signal over the chains of each datapoint (all chains when C == 1):
-                # adapting on a chain's own acceptance makes its kernel state-dependent, and
-                # that biased AIS by +0.08 and BDMC by -0.22 nats on the linear-Gaussian test.
-                pooled = info.accept_prob.mean(0 if C > 1 else (0, 1), keepdim=True)
-                step_size = adapt_step_size(
-                    step_size, pooled.expand_as(step_size), target=target_accept
-                )
-        if progress is not None:
-            progress()
-    if accept_per_step:
-        acceptance = torch.stack(accept_per_step).to(torch.float64)
-    else:
-        acceptance = torch.zeros(0, dtype=torch.float64, device=z.device)
-    return {
-        "log_w": log_w,
-        "z": z.detach(),
-        "step_size": step_size,
-        "acceptance": acceptance,
-        "divergences": divergences,
-    }
+    # Value and gradient of log pi_t at the current z, and ell(z) for the weight update.
+    with torch.enable_grad():
+        z_ = z.detach().requires_grad_(True)
+        base = log_p0(x, z_)  # (C, B)
+        joint = f.log_joint(x, z_)  # (C, B)
+        if base.shape != (C, B) or joint.shape != (C, B):
+            raise ValueError(
+                f"log densities must have shape ({C}, {B}), got {tuple(base.shape)} "
+                f"and {tuple(joint.shape)}"
+            )
+        log_density = base + beta * (joint - base)
+        grad = None
+        if log_density.requires_grad:
+            (grad,) = torch.autograd.grad(log_density.sum(), z_, allow_unused=True)
+    if grad is None:
+        grad = torch.zeros_like(z)
+    ell = joint.detach().to(torch.float64) - base.detach().to(torch.float64)
+    log_w = state.log_w
+    if beta != beta_prev:  # (a repeated beta adds nothing, also where ell = -inf)
+        log_w = log_w + (beta - beta_prev) * ell
+    if not transition:
+        return AISState(z, log_w, state.step_size), AISInfo(None, None)
+    hmc = HMCState(z.detach(), log_density.detach(), grad.detach(), state.step_size)
+    hmc, info = hmc_step(hmc, log_pi, num_leapfrog=num_leapfrog, generator=generator)
+    return AISState(hmc.z, log_w, state.step_size), AISInfo(info.accept_prob, info.divergent)
 
 
-def _run(
+def _adapt(state: AISState, info: AISInfo, target_accept: float) -> AISState:
+    """The drivers' step-size update after a transition, on the acceptance pooled over the
+    chains of each datapoint (all chains when C == 1): adapting on a chain's own acceptance
+    makes its kernel state-dependent, and that biased AIS by +0.08 and BDMC by -0.22 nats on
+    the linear-Gaussian test (see the module docstring)."""
+    C = state.z.shape[0]
+    pooled = info.accept_prob.mean(0 if C > 1 else (0, 1), keepdim=True)
+    step_size = adapt_step_size(
+        state.step_size, pooled.expand_as(state.step_size), target=target_accept
+    )
+    return state._replace(step_size=step_size)
+
+
+def _anneal(
     f: LatentCallables,
     x: Tensor,
     betas: Tensor,
@@ -180,27 +213,29 @@ def _run(
     final_transition: bool,
     generator: torch.Generator | None,
     progress: Progress | None,
-) -> tuple[dict[str, Tensor], float]:
-    """Anneal all datapoints, ``batch_size`` at a time; concatenate the results along B."""
+) -> tuple[Tensor, Tensor, dict, float]:
+    """The loops of :func:`ais` and :func:`bdmc_upper`: :func:`ais_step` along ``betas`` (either
+    direction), ``batch_size`` datapoints at a time, from the states ``init(rows)``
+    ``(C, b, L)``; no transition at the last step unless ``final_transition``.
+
+    Returns the log weights ``(C, B)``, the final states ``(C, B, L)``, the ``extra`` that
+    AIS and BDMC share, and the seconds taken.
+    """
     B = check_data(x)
     num_chains = _check_positive_int("num_chains", num_chains)
     num_leapfrog = _check_positive_int("num_leapfrog", num_leapfrog)
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
     batch_size = B if batch_size is None else _check_positive_int("batch_size", batch_size)
-    log_p0 = _base_log_density(f, initial)
+    _base_log_density(f, initial)  # a bad `initial` fails before any chain is drawn
     T = betas.numel() - 1
     num_batches = math.ceil(B / batch_size)
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        progress(done, T * num_batches)
 
     start = time.perf_counter()
-    parts: list[dict[str, Tensor]] = []
-    for b0 in range(0, B, batch_size):
+    states: list[AISState] = []
+    acceptance: list[Tensor] = []  # per batch, (T',): the mean over chains at each transition
+    divergences = 0
+    for i, b0 in enumerate(range(0, B, batch_size)):
         rows = slice(b0, min(B, b0 + batch_size))
         xb = x[rows]
         with torch.no_grad():
@@ -215,54 +250,62 @@ def _run(
         eps = eps.expand(num_chains, b).clone()
         if not bool((eps > 0).all()):
             raise ValueError("step sizes must be positive")
-        parts.append(
-            _anneal(
-                f,
+        log_w = torch.zeros(num_chains, b, dtype=torch.float64, device=z0.device)
+        state = AISState(z0.detach(), log_w, eps)
+        accept_per_step = []
+        for t in range(1, T + 1):
+            state, info = ais_step(
+                state,
                 xb,
-                z0.detach(),
-                betas,
-                log_p0=log_p0,
-                step_size=eps,
+                betas[t - 1].item(),
+                betas[t].item(),
+                f,
+                initial=initial,
                 num_leapfrog=num_leapfrog,
-                target_accept=target_accept,
-                adapt=adapt,
-                final_transition=final_transition,
+                transition=t < T or final_transition,
                 generator=generator,
-                progress=tick if progress is not None else None,
             )
-        )
-    out = {
-        "log_w": torch.cat([p["log_w"] for p in parts], dim=1),  # (C, B)
-        "z": torch.cat([p["z"] for p in parts], dim=1),  # (C, B, L)
-        "step_size": torch.cat([p["step_size"] for p in parts], dim=1),  # (C, B)
-        "acceptance": torch.stack([p["acceptance"] for p in parts]).mean(0),  # (T',)
-        "divergences": sum(p["divergences"] for p in parts),
-    }
-    return out, time.perf_counter() - start
+            if info.accept_prob is not None:
+                accept_per_step.append(info.accept_prob.mean())
+                divergences = divergences + info.divergent.sum()
+                if adapt:
+                    state = _adapt(state, info, target_accept)
+            if progress is not None:
+                progress(i * T + t, num_batches * T)
+        states.append(state)
+        if accept_per_step:
+            acceptance.append(torch.stack(accept_per_step).to(torch.float64))
+        else:
+            acceptance.append(torch.zeros(0, dtype=torch.float64, device=z0.device))
+    seconds = time.perf_counter() - start
 
-
-def _extra(run: dict[str, Tensor], settings: dict) -> dict:
-    """Diagnostics shared by AIS and BDMC."""
-    log_w = run["log_w"]  # (C, B)
-    C = log_w.shape[0]
+    log_w = torch.cat([s.log_w for s in states], dim=1)  # (C, B)
+    z = torch.cat([s.z for s in states], dim=1)  # (C, B, L)
+    step_sizes = torch.cat([s.step_size for s in states], dim=1)  # (C, B)
+    accept = torch.stack(acceptance).mean(0)  # (T',)
     normalised = torch.exp(log_w - log_mean_exp(log_w, dim=0))  # (C, B), mean 1 over chains
     # Delta-method SE of log(mean w) across chains, and the chains' effective sample size.
-    se_chains = (normalised.std(dim=0) / math.sqrt(C)).cpu() if C > 1 else None
+    se_chains = (normalised.std(dim=0) / math.sqrt(num_chains)).cpu() if num_chains > 1 else None
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)).cpu()
-    acceptance = run["acceptance"]
-    return {
-        **settings,
-        "acceptance": acceptance.mean().item() if acceptance.numel() else math.nan,
-        "divergences": int(run["divergences"]),
-        "step_size_mean": run["step_size"].mean().item(),
+    extra = {
+        "num_steps": T,
+        "num_chains": num_chains,
+        "num_leapfrog": num_leapfrog,
+        "initial": initial,
+        "adapt": adapt,
+        "target_accept": target_accept,
+        "acceptance": accept.mean().item() if accept.numel() else math.nan,
+        "divergences": int(divergences),
+        "step_size_mean": step_sizes.mean().item(),
         "se_chains_mean": se_chains.mean().item() if se_chains is not None else math.nan,
         "ess_chains_min": ess.min().item(),
-        "acceptance_per_step": acceptance.cpu(),
-        "step_size_final": run["step_size"].cpu(),
+        "acceptance_per_step": accept.cpu(),
+        "step_size_final": step_sizes.cpu(),
         "se_chains": se_chains,
         "ess_chains": ess,
         "log_weights": log_w.cpu(),
     }
+    return log_w, z, extra, seconds
 
 
 def ais(
@@ -322,7 +365,7 @@ def ais(
     else:
         raise ValueError(f"initial must be 'prior' or 'q', got {initial!r}")
 
-    run, seconds = _run(
+    log_w, z, extra, seconds = _anneal(
         f,
         x,
         betas,
@@ -338,18 +381,9 @@ def ais(
         generator=generator,
         progress=progress,
     )
-    per_datapoint = log_mean_exp(run["log_w"], dim=0)  # (B,)
+    per_datapoint = log_mean_exp(log_w, dim=0)  # (B,)
     warn_if_nan(per_datapoint, "AIS log p(x)")
-    settings = {
-        "num_steps": betas.numel() - 1,
-        "num_chains": num_chains,
-        "num_leapfrog": num_leapfrog,
-        "initial": initial,
-        "adapt": adapt,
-        "target_accept": target_accept,
-    }
-    extra = _extra(run, settings)
-    extra["z_final"] = run["z"].cpu()
+    extra["z_final"] = z.cpu()
     return Estimate.of(per_datapoint, seconds=seconds, extra=extra)
 
 
@@ -403,7 +437,7 @@ def bdmc_upper(
     def init(rows: slice) -> Tensor:
         return z_exact[:, rows].clone()
 
-    run, seconds = _run(
+    log_w, _, extra, seconds = _anneal(
         f,
         x,
         betas.flip(0),
@@ -419,14 +453,6 @@ def bdmc_upper(
         generator=generator,
         progress=progress,
     )
-    per_datapoint = -log_mean_exp(run["log_w"], dim=0)  # (B,)
+    per_datapoint = -log_mean_exp(log_w, dim=0)  # (B,)
     warn_if_nan(per_datapoint, "BDMC upper bound on log p(x)")
-    settings = {
-        "num_steps": betas.numel() - 1,
-        "num_chains": num_chains,
-        "num_leapfrog": num_leapfrog,
-        "initial": initial,
-        "adapt": adapt,
-        "target_accept": target_accept,
-    }
-    return Estimate.of(per_datapoint, seconds=seconds, extra=_extra(run, settings))
+    return Estimate.of(per_datapoint, seconds=seconds, extra=extra)

@@ -4,7 +4,7 @@ The estimators in :mod:`pgm.inference.bounds`, :mod:`pgm.inference.ais` and
 :mod:`pgm.inference.exact` never see a model class. They take a :class:`LatentCallables`
 bundle ``f`` of plain torch functions (as TFP's ``sample_annealed_importance_chain`` takes
 ``proposal_log_prob_fn`` and ``target_log_prob_fn``); the adapter builds it from a Pyro
-model/guide pair, and :func:`pgm.inference.exact.linear_gaussian_callables` builds one for a
+model/guide pair, and the test fixture ``linear_gaussian_callables`` (tests/fixtures.py) for a
 model with a closed-form marginal. Shapes (``B`` datapoints, ``K`` particles or chains, ``L``
 latent dimensions; ``x`` is ``(B, D)`` or any ``(B, ...)``)::
 

@@ -493,7 +493,7 @@ def _iwae(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
 
 
 def _exact(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
-    from pgm.inference.exact import quadrature_log_marginal
+    from pgm.inference.quadrature import quadrature_log_marginal
 
     x = subject.x
     if subject.exact is not None:

@@ -8,15 +8,12 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 
-from pgm.inference.ais import ais, bdmc_upper
-from pgm.inference.exact import (
-    linear_gaussian_callables,
-    linear_gaussian_log_marginal,
-    linear_gaussian_sample,
-)
+from pgm.inference.ais import AISInfo, AISState, ais, ais_step, bdmc_upper
 from pgm.inference.hmc import HMCState, adapt_step_size, hmc_init, hmc_step, value_and_grad
 from pgm.inference.schedules import check_schedule, linear_schedule, sigmoid_schedule
+from pgm.models.linear_gaussian import linear_gaussian_log_marginal, linear_gaussian_sample
 
 F64 = torch.float64
 
@@ -260,3 +257,26 @@ def test_ais_rejects_invalid_settings(model):
         bdmc_upper(f, x, z.expand(4, -1, -1), schedule=schedule, num_chains=3)
     with pytest.raises(ValueError, match="datapoints"):
         bdmc_upper(f, x, z[:5], schedule=schedule)
+
+
+def test_a_loop_over_ais_step_is_ais(model):
+    # The kernel is the whole algorithm: a hand-written loop over ais_step (fixed step sizes)
+    # reproduces ais() draw for draw.
+    W, b, sigma, x, _, _ = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+    betas = sigmoid_schedule(20)
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(4)
+    kw = dict(num_chains=4, initial="q", step_size=0.2, adapt=False, generator=g)
+    est = ais(f, x, schedule=betas, **kw)
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(4)
+    log_w, step_size = torch.zeros(4, 20, dtype=F64), torch.full((4, 20), 0.2, dtype=F64)
+    state = AISState(f.sample_q(x, 4), log_w, step_size)
+    for t in range(1, 21):
+        state, info = ais_step(state, x, betas[t - 1], betas[t], f, initial="q", generator=g)
+        assert info.accept_prob.shape == info.divergent.shape == (4, 20)
+    assert torch.equal(state.log_w, est.extra["log_weights"])
+    assert torch.equal(state.z, est.extra["z_final"])
+    state, info = ais_step(state, x, 1.0, 1.0, f, initial="q", transition=False)
+    assert info == AISInfo(None, None) and torch.equal(state.log_w, est.extra["log_weights"])

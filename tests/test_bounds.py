@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 
 from pgm.errors import DataError
 from pgm.inference.bounds import (
@@ -19,11 +20,7 @@ from pgm.inference.bounds import (
     log_mean_exp,
 )
 from pgm.inference.callables import Estimate, LatentCallables
-from pgm.inference.exact import (
-    linear_gaussian_callables,
-    linear_gaussian_log_marginal,
-    linear_gaussian_sample,
-)
+from pgm.models.linear_gaussian import linear_gaussian_log_marginal, linear_gaussian_sample
 
 F64 = torch.float64
 KS = (1, 10, 100, 1000, 5000)

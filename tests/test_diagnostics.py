@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 from matplotlib.figure import Figure
 
 from pgm.errors import DataError
@@ -22,12 +23,11 @@ from pgm.inference.diagnostics import (
     reference_posterior,
     weight_diagnostics,
 )
-from pgm.inference.exact import (
-    linear_gaussian_callables,
+from pgm.models.linear_gaussian import (
+    LinearGaussian,
     linear_gaussian_posterior,
     linear_gaussian_sample,
 )
-from pgm.models.linear_gaussian import LinearGaussian
 
 F64 = torch.float64
 

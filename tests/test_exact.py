@@ -5,16 +5,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 from scipy.stats import multivariate_normal
 
 from pgm.errors import DataError
-from pgm.inference.exact import (
-    enumerate_log_marginal,
-    linear_gaussian_callables,
+from pgm.inference.exact import enumerate_log_marginal
+from pgm.inference.quadrature import quadrature_log_marginal
+from pgm.models.linear_gaussian import (
     linear_gaussian_log_marginal,
     linear_gaussian_posterior,
     linear_gaussian_sample,
-    quadrature_log_marginal,
 )
 
 F64 = torch.float64

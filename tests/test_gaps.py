@@ -11,18 +11,18 @@ import math
 
 import pytest
 import torch
+from fixtures import linear_gaussian_callables
 
 from pgm.errors import DataError
 from pgm.inference.adapter import latent_callables
 from pgm.inference.bounds import elbo
-from pgm.inference.exact import (
-    linear_gaussian_callables,
+from pgm.inference.gaps import amortization_gaps, local_callables, optimise_local_gaussian
+from pgm.models.linear_gaussian import (
+    LinearGaussian,
     linear_gaussian_log_marginal,
     linear_gaussian_posterior,
     linear_gaussian_sample,
 )
-from pgm.inference.gaps import amortization_gaps, local_callables, optimise_local_gaussian
-from pgm.models.linear_gaussian import LinearGaussian
 
 F64 = torch.float64
 OPT_TOL = 0.01  # nats: the fitted q*'s excess KL over the best diagonal Gaussian (1000 steps)

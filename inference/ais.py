@@ -384,7 +384,7 @@ def ais(
     per_datapoint = log_mean_exp(log_w, dim=0)  # (B,)
     warn_if_nan(per_datapoint, "AIS log p(x)")
     extra["z_final"] = z.cpu()
-    return Estimate.of(per_datapoint, seconds=seconds, extra=extra)
+    return Estimate.of(per_datapoint, seconds=seconds, extra=extra, bound="lower")
 
 
 def bdmc_upper(
@@ -455,4 +455,4 @@ def bdmc_upper(
     )
     per_datapoint = -log_mean_exp(log_w, dim=0)  # (B,)
     warn_if_nan(per_datapoint, "BDMC upper bound on log p(x)")
-    return Estimate.of(per_datapoint, seconds=seconds, extra=extra)
+    return Estimate.of(per_datapoint, seconds=seconds, extra=extra, bound="upper")

@@ -1,10 +1,12 @@
 r"""The four callables every log p(x) estimator is written against, and the result they return.
 
-The estimators in :mod:`pgm.inference.bounds`, :mod:`pgm.inference.ais` and
-:mod:`pgm.inference.exact` never see a model class. They take a :class:`LatentCallables`
-bundle ``f`` of plain torch functions (as TFP's ``sample_annealed_importance_chain`` takes
-``proposal_log_prob_fn`` and ``target_log_prob_fn``); the adapter builds it from a Pyro
-model/guide pair, and the test fixture ``linear_gaussian_callables`` (tests/fixtures.py) for a
+The estimators in :mod:`pgm.inference.bounds`, :mod:`pgm.inference.ais`,
+:mod:`pgm.inference.quadrature` and :mod:`pgm.inference.gaps` never see a model class. They
+take a :class:`LatentCallables` bundle ``f`` of plain torch functions (as TFP's
+``sample_annealed_importance_chain`` takes ``proposal_log_prob_fn`` and
+``target_log_prob_fn``); :class:`pgm.inference.program.Program` builds it from any Pyro
+model/guide pair, :func:`pgm.inference.adapter.latent_callables` from a pgm model's plain
+distributions, and the test fixture ``linear_gaussian_callables`` (tests/fixtures.py) for a
 model with a closed-form marginal. Shapes (``B`` datapoints, ``K`` particles or chains, ``L``
 latent dimensions; ``x`` is ``(B, D)`` or any ``(B, ...)``)::
 

@@ -318,12 +318,13 @@ def amortization_gaps(
     se_q, se_star = e_q.extra["mc_se"], e_star.extra["mc_se"]
     seconds = time.perf_counter() - start
 
-    def estimate(values: Tensor, mc_se: float) -> Estimate:
-        return Estimate.of(values, seconds=seconds, extra={**settings, "mc_se": mc_se})
+    def estimate(values: Tensor, mc_se: float, bound: str = "none") -> Estimate:
+        return Estimate.of(values, seconds=seconds, extra={**settings, "mc_se": mc_se},
+                           bound=bound)
 
     return {
-        "elbo_q": estimate(e_q.per_datapoint, se_q),
-        "elbo_qstar": estimate(e_star.per_datapoint, se_star),
+        "elbo_q": estimate(e_q.per_datapoint, se_q, "lower"),
+        "elbo_qstar": estimate(e_star.per_datapoint, se_star, "lower"),
         "approximation_gap": estimate(log_px - e_star.per_datapoint, se_star),
         "amortization_gap": estimate(
             e_star.per_datapoint - e_q.per_datapoint, math.hypot(se_q, se_star)

@@ -659,6 +659,7 @@ def quadrature_log_marginal(
     return Estimate.of(
         value,
         seconds=time.perf_counter() - start,
+        bound="numerical",
         extra={
             "latent_dim": L,
             "tol": tol,

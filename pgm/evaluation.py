@@ -507,8 +507,7 @@ def _exact(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
     parts = map_batches(lambda lo, hi, gen, tick: quadrature_log_marginal(
         subject.bind(lo, hi).log_joint, x[lo:hi], latent_dim=subject.latent_dim,
         tol=QUADRATURE_TOL), len(x), stream="iwae", stage="quadrature", **run)
-    est = concat_estimates(parts, extra={"method": "quadrature", "tol": QUADRATURE_TOL})
-    return {"quadrature": replace(est, bound="numerical")}
+    return {"quadrature": concat_estimates(parts, extra={"method": "quadrature"})}
 
 
 def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais") -> Estimate:
@@ -524,7 +523,7 @@ def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais") -
         return est
 
     parts = map_batches(one, len(x), stream=stream, stage=stage, **run)
-    return replace(concat_estimates(parts, extra={"schedule": cfg.ais_schedule}), bound="lower")
+    return concat_estimates(parts, extra={"schedule": cfg.ais_schedule})
 
 
 def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimate, Estimate]:
@@ -549,7 +548,7 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
     upper.extra.update(sandwich_mean=gap.mean().item(),
                        sandwich_se=(gap.std() / math.sqrt(len(gap))).item()
                        if len(gap) > 1 else math.nan)
-    return lower, replace(upper, bound="upper", data="simulated")
+    return lower, replace(upper, data="simulated")
 
 
 def _gaps(estimators, subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
@@ -568,14 +567,8 @@ def _gaps(estimators, subject: Subject, cfg: EvalConfig, run: dict) -> dict[str,
     for res in map_batches(one, m, stream="gaps", stage="gaps", **run):
         for key, est in res.items():
             parts.setdefault(key, []).append(est)
-    out = {}
-    for key, v in parts.items():
-        est = concat_estimates(v, extra={"log_px_from": name})
-        if key.startswith("elbo"):
-            out[key] = replace(est, bound="lower")
-        else:
-            out["gap_" + key.removesuffix("_gap")] = est
-    return out
+    return {(k if k.startswith("elbo") else "gap_" + k.removesuffix("_gap")): concat_estimates(
+        v, extra={"log_px_from": name}) for k, v in parts.items()}
 
 
 def _posterior_check(subject: Subject, cfg: EvalConfig, progress: Progress | None):

@@ -48,7 +48,6 @@ uninterrupted run; a constant rate also continues exactly to more epochs.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Callable
@@ -65,14 +64,22 @@ from pgm import io
 from pgm.config import from_dict, to_dict
 from pgm.device import resolve_device
 from pgm.errors import CheckpointError, TrainingDivergedError
+from pgm.models.gan_records import (
+    FIXED_Z,
+    SNAPSHOTS,
+    STEP_KEYS,
+    STEPS,
+    noise_generator,
+    save_snapshots,
+    snapshot_1d,
+    snapshot_grid,
+    write_steps,
+)
 
 from .svi import _epoch_generator
 
 GENERATOR_LOSSES = ("non-saturating", "minimax")
 LR_SCHEDULES = ("constant", "linear")
-SNAPSHOTS, STEPS = "snapshots.json", "steps.csv"
-STEP_KEYS = ("d_loss", "d_real", "d_fake", "d_accuracy", "g_loss")
-_FIXED_Z, _SNAPSHOT_Z = 1, 2  # streams of the figures' fixed noise
 
 
 @dataclass
@@ -165,82 +172,6 @@ def make_optimizers(gan, cfg: GANFitConfig):
 # ----------------------------------------------------------------------------- 1-D snapshots
 
 
-def _noise_generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + 50_000 + stream)
-
-
-def snapshot_grid(gan, x_train: torch.Tensor, seed: int = 0, points: int = 400) -> torch.Tensor:
-    """The x grid of 1-D snapshots: the data's range and G's initial range, padded by 25%."""
-    with torch.no_grad():
-        g = gan.generate(gan.sample_z(2000, _noise_generator(seed, _SNAPSHOT_Z))).cpu()
-    lo = min(x_train.min().item(), g.min().item())
-    hi = max(x_train.max().item(), g.max().item())
-    pad = 0.25 * max(hi - lo, 1e-3)
-    return torch.linspace(lo - pad, hi + pad, points, dtype=torch.float64)
-
-
-@torch.no_grad()
-def snapshot_1d(gan, x_grid: torch.Tensor, epoch: int, seed: int = 0, n: int = 5000,
-                lines: int = 25) -> dict:
-    """D(x) on ``x_grid``, a KDE of the generator's density there, and G on a z grid.
-
-    The generator's density uses the same ``n`` fixed noise draws at every snapshot and a
-    Gaussian KDE with Silverman's bandwidth (robust spread); the z grid is ``lines``
-    equally spaced quantiles of p(z). Everything is returned as float64 CPU tensors.
-    """
-    from .parzen import parzen_log_density
-
-    was_training = gan.training
-    gan.eval()
-    dev = gan.device
-    d = torch.sigmoid(gan.discriminate(x_grid.float().to(dev)[:, None])).double().cpu()
-    s = gan.generate(gan.sample_z(n, _noise_generator(seed, _SNAPSHOT_Z))).double().cpu()
-    q = torch.quantile(s[:, 0], torch.tensor([0.25, 0.75], dtype=torch.float64))
-    spread = min(s.std().item(), (q[1] - q[0]).item() / 1.349) or s.std().item()
-    h = max(0.9 * spread * n ** -0.2, 1e-3 * (x_grid[-1] - x_grid[0]).item())
-    pg = parzen_log_density(s, x_grid[:, None], h).exp()
-    u = (torch.arange(lines, dtype=torch.float64) + 0.5) / lines  # quantiles of p(z) in (0, 1)
-    z = 2 * u - 1 if gan.config.z_dist == "uniform" else torch.special.ndtri(u)
-    gz = gan.generate(z.float().to(dev)[:, None]).double().cpu()[:, 0]
-    gan.train(was_training)
-    return {"epoch": int(epoch), "d": d, "pg": pg, "z": z, "gz": gz, "bandwidth": h}
-
-
-def save_snapshots(path: Path, x_grid: torch.Tensor, snapshots: list[dict]) -> None:
-    def plain(v):
-        return v.tolist() if isinstance(v, torch.Tensor) else v
-
-    io.atomic_write_json(path, {"x_grid": x_grid.tolist(),
-                                "snapshots": [{k: plain(v) for k, v in s.items()}
-                                              for s in snapshots]})
-
-
-def load_snapshots(path: Path) -> tuple[torch.Tensor, list[dict]] | None:
-    """(x_grid, snapshots) from RUN/snapshots.json, or None when absent."""
-    import json
-
-    if not Path(path).is_file():
-        return None
-    obj = json.loads(Path(path).read_text())
-    snaps = [{k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v
-              for k, v in s.items()} for s in obj["snapshots"]]
-    return torch.tensor(obj["x_grid"], dtype=torch.float64), snaps
-
-
-def _write_steps(path: Path, rows: list[list[float]]) -> None:
-    lines = [",".join(("epoch", "step") + STEP_KEYS)]
-    lines += [",".join(repr(v) if isinstance(v, float) else str(v) for v in r) for r in rows]
-    io.atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _read_steps(path: Path, last_epoch: int) -> list[list]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    return [[int(r[0]), int(r[1]), *map(float, r[2:])] for r in rows if int(r[0]) <= last_epoch]
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -302,8 +233,8 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
         if out is not None:
             io.write_run_config(out, gan, data, cfg, device, trainer="adversarial")
 
-    z_fixed = gan.sample_z(64, _noise_generator(cfg.seed, _FIXED_Z))
-    z_eval = gan.sample_z(max(len(x_valid), 1), _noise_generator(cfg.seed, _FIXED_Z + 10))
+    z_fixed = gan.sample_z(64, noise_generator(cfg.seed, FIXED_Z))
+    z_eval = gan.sample_z(max(len(x_valid), 1), noise_generator(cfg.seed, FIXED_Z + 10))
     n = len(x_train)
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
                desc="fit gan", unit="epoch",
@@ -369,7 +300,7 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             io.save_checkpoint(state, out / io.CHECKPOINT)
             io.write_history(out / io.HISTORY, [*history, row])
-            _write_steps(out / STEPS, steps)
+            write_steps(out / STEPS, steps)
             if one_d:
                 save_snapshots(out / SNAPSHOTS, x_grid, snapshots)
         history.append(row)

@@ -27,6 +27,18 @@ from matplotlib.figure import Figure
 
 from pgm import io, plots
 
+from .gan_records import (
+    FIXED_Z,
+    SNAPSHOTS,
+    STEP_KEYS,
+    STEPS,
+    load_snapshots,
+    noise_generator,
+    read_steps,
+    snapshot_1d,
+    snapshot_grid,
+)
+
 __all__ = ["epoch_samples_figure", "save_epoch_samples", "toy_panel", "toy_series_figure",
            "training_curves_figure", "write_gan_figures"]
 
@@ -160,8 +172,6 @@ def _col(rows, key) -> np.ndarray:
 def training_curves_figure(history: list[dict], steps: list[list] | None = None, *,
                            generator_loss: str = "non-saturating", title=None) -> Figure:
     """Losses (left) and D's outputs and accuracy (right) per epoch; steps faint behind."""
-    from pgm.inference.adversarial import STEP_KEYS
-
     fig = Figure(figsize=(10.0, 3.6), layout="constrained")
     ax_l, ax_d = fig.subplots(1, 2)
     ep = _col(history, "epoch")
@@ -201,16 +211,6 @@ def training_curves_figure(history: list[dict], steps: list[list] | None = None,
 def write_gan_figures(run_dir: str | Path, model, data, history: list[dict], *,
                       n: int = 64) -> list[Path]:
     """Write the figures of the module docstring into RUN/figures/; return their paths."""
-    from pgm.inference.adversarial import (
-        _FIXED_Z,
-        SNAPSHOTS,
-        STEPS,
-        _noise_generator,
-        _read_steps,
-        load_snapshots,
-        snapshot_1d,
-        snapshot_grid,
-    )
     from pgm.sample_quality import (
         nearest_neighbour_figure,
         nearest_neighbour_histogram,
@@ -224,7 +224,7 @@ def write_gan_figures(run_dir: str | Path, model, data, history: list[dict], *,
     seed = int(fit_cfg.get("seed", 0))
     written = []
     if history:
-        steps = _read_steps(run_dir / STEPS, int(history[-1]["epoch"]))
+        steps = read_steps(run_dir / STEPS, int(history[-1]["epoch"]))
         loss = fit_cfg.get("generator_loss", "non-saturating")
         written.append(plots.save_figure(training_curves_figure(history, steps,
                                                                 generator_loss=loss),
@@ -243,7 +243,7 @@ def write_gan_figures(run_dir: str | Path, model, data, history: list[dict], *,
             plots.samples(model.sample(1000, generator=g).cpu(), None, x_data=data.x_train,
                           title="GAN samples over the data"), fig_dir / "samples.png"))
     if data.image_shape is not None:
-        z = model.sample_z(n, _noise_generator(seed, _FIXED_Z))
+        z = model.sample_z(n, noise_generator(seed, FIXED_Z))
         x = model.generate(z).cpu()
         written.append(plots.save_figure(
             plots.samples(x, data.image_shape, title="GAN samples x = G(z)"),

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import torch
 
+from pgm.errors import CapabilityError
 from pgm.protocol import LatentVariableModel
 
 from .gan import init_gaussian_view
@@ -68,7 +69,7 @@ def explicit_view(model, sigma: float) -> LatentVariableModel:
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if not hasattr(model, "explicit_view"):
-        raise TypeError(f"{type(model).__name__} declares no explicit Gaussian view")
+        raise CapabilityError(f"{type(model).__name__} declares no explicit Gaussian view")
     return model.explicit_view(sigma)
 
 

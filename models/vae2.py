@@ -25,6 +25,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pgm.errors import CapabilityError
 from pgm.likelihoods import make_likelihood
 from pgm.nets import MLP
 from pgm.protocol import check_data
@@ -108,7 +109,8 @@ class TwoLayerVAE(nn.Module):
         return write_training_figures(run_dir, self, data, history, **options)
 
     def explicit_view(self, sigma: float):
-        raise TypeError("the two-layer VAE declares no explicit Gaussian view")
+        raise CapabilityError("the two-layer VAE declares no explicit Gaussian view: its "
+                              "decoder mean depends on h1, a draw given h2, not on one code")
 
     @torch.no_grad()
     def sample(self, n: int, y=None, *, mean: bool = True) -> torch.Tensor:

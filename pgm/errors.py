@@ -16,6 +16,10 @@ class UnknownNameError(PgmError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class CapabilityError(PgmError, TypeError):
+    """A model asked for something it does not declare (an explicit view, say)."""
+
+
 class CheckpointError(PgmError, RuntimeError):
     """A run directory or checkpoint that is missing, truncated, corrupt or foreign."""
 

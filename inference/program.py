@@ -147,6 +147,8 @@ class Program:
             raise ProgramError("the model has no observed site: score the data with "
                                "pyro.sample(name, distribution, obs=x)")
         self.observed = tuple(n for n, _ in observed)
+        #: every observed site has a discrete support: log p(x) is a log-probability
+        self.discrete_data = all(s["fn"].support.is_discrete for _, s in observed)
         self.data_plate, self.data_dim = self._find_data_plate(observed, B, data_plate)
         guide_names = {n for n, s in _sample_sites(guide_tr) if not s["is_observed"]}
         latents, enumerated = [], []

@@ -196,6 +196,7 @@ class Subject:
     exact: Callable[[int, int], torch.Tensor] | None = None
     exact_method: str | None = None
     simulate: Callable[[int], tuple] | None = None
+    discrete_data: bool | None = None  # a Pyro program's observed sites are all discrete
 
 
 def _rows(args, n: int, lo: int, hi: int) -> list:
@@ -260,7 +261,8 @@ def program_subject(model, guide, x: torch.Tensor, args=(), kwargs=None,
     return Subject(x, bind, program.latent_dim, guide_density=not program.point_guide
                    and program.latent_dim > 0, exact=exact,
                    exact_method="enumeration" if exact else None,
-                   simulate=simulate if program.latent_dim > 0 else None)
+                   simulate=simulate if program.latent_dim > 0 else None,
+                   discrete_data=program.discrete_data)
 
 
 # ---- the result ---------------------------------------------------------------------------------
@@ -276,6 +278,7 @@ class Evaluation:
     index: torch.Tensor  # (n,) indices of the evaluated datapoints within the split
     figures_data: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    device: str = ""  # where the estimators ran
 
     def summary(self) -> dict:
         return {name: est.summary() for name, est in self.estimators.items()}
@@ -362,18 +365,35 @@ def evaluate(model, guide=None, x=None, *args, config: EvalConfig | None = None,
             raise TypeError("evaluate(model, guide, x, ...) needs the guide and the data x; "
                             "for one of pgm's models call evaluate(model, data)")
         check_data(x)
-        if hasattr(model, "to") and isinstance(model, torch.nn.Module):
+        if isinstance(model, torch.nn.Module):
             model.to(device)
+        n_all, x_all = len(x), x
         x = x[:cfg.n].to(device)
+        args = [a[:cfg.n] if isinstance(a, torch.Tensor) and a.dim() and len(a) == n_all else a
+                for a in args]
         args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
         subject, more = program_subject(model, guide, x, args, kwargs, data_plate), {}
-        extra = {"representation": {"quantity": "log p(x)", "observation": "Pyro program",
-                                    "values": "as given", "binarize": "none",
-                                    "density": "log-density or log-probability (as given)"}}
+        extra = _program_representation(x_all, subject.discrete_data)
     ev = measure(subject, cfg, progress=progress, device=device)
     ev.estimators.update(more)
     ev.extra.update(extra)
+    ev.device = str(device)
     return ev
+
+
+def _program_representation(x: torch.Tensor, discrete: bool) -> dict:
+    """What a Pyro program's numbers are densities of (:mod:`pgm.representation`): asked of
+    its observed sites' supports, with the given data fingerprinted, so that ``pgm report``
+    can set it beside a pgm model evaluated on the same images."""
+    from pgm.representation import fingerprint
+
+    binary = bool(((x == 0) | (x == 1)).all())
+    density = "log-probability (discrete)" if discrete else "log-density (continuous)"
+    return {"representation": {"binarize": "as given", "quantity": "log p(x)",
+                               "values": "binary {0,1}" if binary else "as given",
+                               "density": density, "observation": "a Pyro program"},
+            "test_images": {"dataset": "given", "split": "given", "n_split": len(x),
+                            "sha256": fingerprint(x)}}
 
 
 def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject, dict, dict]:

@@ -271,12 +271,14 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
             + "".join(_img(f) for f in figures) + "</body></html>")
 
 
-def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str = "x", device: str = "",
+def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str = "x",
+                     device: str | None = None,
                      world_size: int = 1, extra: dict | None = None) -> dict:
     """Write results.json, per_datapoint.npz, figures, report.md and report.html under
     RUN/eval/; return the results dict. The evaluation's ``extra`` (representation, explicit
     view, sample quality) and ``extra`` here add top-level keys."""
     out = Path(run_dir) / "eval"
+    device = evaluation.device if device is None else device
     results = results_dict(evaluation, run=str(run_dir), dataset=dataset, device=device,
                            world_size=world_size)
     results.update(evaluation.extra)

@@ -21,6 +21,8 @@ import pgm
 from pgm.evaluation import EvalConfig, evaluate
 from pgm.inference.adapter import latent_callables
 from pgm.inference.program import Program, ProgramError
+from pgm.report import write_evaluation
+from pgm.representation import incommensurable
 
 # ---- a constrained latent with a closed-form marginal ------------------------------------------
 
@@ -188,7 +190,7 @@ class TutorialVAE(nn.Module):
             pyro.sample("latent", dist.Normal(z_loc, torch.exp(0.5 * log_var)).to_event(1))
 
 
-def test_a_tutorial_style_vae_and_pgms_vae_give_the_same_estimates():
+def test_a_tutorial_style_vae_and_pgms_vae_give_the_same_estimates(tmp_path):
     data = pgm.load_dataset("digits")
     torch.manual_seed(0)
     vae = pgm.VAE(data_dim=64, latent_dim=3, hidden=(32,))
@@ -197,13 +199,20 @@ def test_a_tutorial_style_vae_and_pgms_vae_give_the_same_estimates():
     cfg = EvalConfig(ks=(1, 100), n=20, batch_size=10, ais_steps=20, ais_chains=4, ais_n=10,
                      bdmc=True, gaps=True, gaps_n=4, gaps_steps=10, posterior_check=0,
                      exact=False, device="cpu")
-    ours = evaluate(vae, data, cfg).estimators
-    theirs = evaluate(tutorial.model, tutorial.guide, data.x_test, config=cfg).estimators
+    ours_ev = evaluate(vae, data, cfg)
+    theirs_ev = evaluate(tutorial.model, tutorial.guide, data.x_test, config=cfg)
+    ours, theirs = ours_ev.estimators, theirs_ev.estimators
     assert set(theirs) == set(ours) >= {"elbo", "iwae_100", "ais", "bdmc_upper", "elbo_qstar"}
     for name, est in ours.items():
         torch.testing.assert_close(theirs[name].per_datapoint, est.per_datapoint, atol=1e-4,
                                    rtol=0, msg=name)
         assert theirs[name].bound == est.bound
+    # both results say what they are densities of, so pgm report sets them side by side
+    rows = [write_evaluation(tmp_path / name, ev, dataset=data.name)
+            for name, ev in (("pgm", ours_ev), ("tutorial", theirs_ev))]
+    assert incommensurable(rows) == {}
+    assert rows[1]["representation"]["density"].startswith("log-probability")
+    assert rows[1]["device"] == "cpu" and rows[1]["best"] in theirs
 
 
 def test_the_traced_path_equals_the_fast_path_for_pgms_models():

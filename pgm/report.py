@@ -188,7 +188,8 @@ DIAGNOSTICS = ("khat_max", "khat_frac_above_0_7", "acceptance", "divergences", "
 def table_rows(results: dict) -> list[list[str]]:
     rows = []
     for name, s in results["estimators"].items():
-        settings = ", ".join(f"{k}={s[k]}" for k in SETTINGS if k in s)
+        settings = ", ".join(f"{k}={s[k]}" for k in SETTINGS
+                             if k in s and (k, s[k]) != ("data", "test"))
         diags = ", ".join(f"{k}={_fmt(s[k], 3)}" for k in DIAGNOSTICS if k in s)
         rows.append([name, describe(name), _fmt(s["mean"]), _fmt(s["se"], 3), str(s["n"]),
                      _fmt(s["seconds"], 1), settings, diags])

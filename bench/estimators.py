@@ -13,6 +13,7 @@ alternately (A B A B) in this process, with the ratio traced / plain.
 
     python bench/estimators.py [--n-iwae 1000] [--n-ais 100] [--ais-steps 1000] [--device cpu]
     python bench/estimators.py --traced-only   # just the traced-against-plain table
+    python bench/estimators.py --bdmc-only     # just BDMC's reverse pass against its forward
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 import pgm
 from pgm.device import resolve_device
 from pgm.inference.adapter import latent_callables
-from pgm.inference.ais import ais
+from pgm.inference.ais import ais, bdmc_upper
 from pgm.inference.bounds import iwae_bound
 from pgm.inference.program import Program
 from pgm.inference.schedules import sigmoid_schedule
@@ -149,6 +150,29 @@ def traced_vs_plain(model, x, n_iwae: int, n_ais: int, ais_steps: int, repeats: 
               f"{abs(means['plain'] - means['traced']):11.2e}")
 
 
+def bdmc_directions(model, n: int, steps: int, repeats: int = 2):
+    """Seconds of BDMC's forward pass (AIS with pilot chains) and its reverse pass (the forward
+    run's step sizes, as pgm evaluate runs it) on n datapoints simulated from the model,
+    alternated."""
+    torch.manual_seed(4)
+    with torch.no_grad():
+        z = model.prior(n).sample()
+        x = model.decode(z).sample()
+    f = latent_callables(model)
+    schedule = sigmoid_schedule(steps)
+    times = {"forward": [], "reverse": []}
+    for _ in range(repeats):
+        fwd = ais(f, x, schedule=schedule, num_chains=16)
+        times["forward"].append(fwd.seconds)
+        rev = bdmc_upper(f, x, z, schedule=schedule, num_chains=16, adapt="none",
+                         step_size=fwd.extra["step_sizes"])
+        times["reverse"].append(rev.seconds)
+    a, b = min(times["forward"]), min(times["reverse"])
+    print(f"\nBDMC T={steps}, 16 chains, {n} simulated datapoints: forward {a:.2f} s (16 + 4 "
+          f"pilot chains), reverse {b:.2f} s; reverse / forward = {b / a:.2f}; sandwich "
+          f"{(rev.per_datapoint - fwd.per_datapoint).mean().item():.3f} nats")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-iwae", type=int, default=1000)
@@ -158,6 +182,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--traced-only", action="store_true",
                    help="only the traced-against-plain comparison (IWAE on 100, AIS T=200 on 20)")
+    p.add_argument("--bdmc-only", action="store_true",
+                   help="only BDMC's reverse pass against its forward pass (T=200 on 20)")
     args = p.parse_args()
     device = resolve_device(args.device)
     data = pgm.load_dataset("mnist5k", test_fraction=0.2)  # 1,000 test images
@@ -171,6 +197,9 @@ def main():
           "VAE 784-400-20 trained 3 epochs")
     if args.traced_only:
         traced_vs_plain(model, x, 100, 20, 200)
+        return
+    if args.bdmc_only:
+        bdmc_directions(model, 20, 200)
         return
     rows = []
 
@@ -209,6 +238,7 @@ def main():
         speedup = (rows[i + 1][2] / rows[i + 1][1]) / (rows[i][2] / rows[i][1])
         print(f"{rows[i][0].split(',')[0]}: per-datapoint loop / pgm = {speedup:.1f}x")
     traced_vs_plain(model, x, min(args.n_iwae, 100), min(args.n_ais, 20), 200)
+    bdmc_directions(model, min(args.n_ais, 20), 200)
 
 
 if __name__ == "__main__":

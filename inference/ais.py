@@ -43,18 +43,40 @@ accumulated in float64. Each step evaluates the callables once more than the lea
 (value and gradient at the new temperature, and :math:`\ell` for the weight), so a run costs
 ``T * (num_leapfrog + 1)`` gradient evaluations.
 
-Step sizes are stored per chain; the kernel leaves them as they are. With ``adapt=True``
-the drivers make them follow the multiplicative rule of
-:func:`pgm.inference.hmc.adapt_step_size`, driven by the acceptance probability *averaged
-over the C chains of each datapoint* (over all chains when C = 1), so the chains of a
-datapoint share one step size. Adaptation makes the kernels depend on the chains' past, a
-departure from the textbook algorithm that Wu et al. (2017) make too (they pool over all
-chains). Pooling matters: adapting each chain on its own acceptance makes its kernel depend on
-where that chain is, and on the linear-Gaussian test model (L=2, D=5, 200 datapoints, 300
-steps, 16 chains) that biased AIS by +0.077 +- 0.011 and BDMC by -0.22 +- 0.015 nats -- both
-bounds on the wrong side of the exact value -- while per-datapoint pooling gave +0.007 +- 0.011
-and +0.023 +- 0.014. With ``adapt=False`` the step sizes stay fixed (pass e.g. the final step
-sizes of an adapted run) and the AIS weight is exactly unbiased for p(x).
+**Step sizes, tuned by pilot chains.** The HMC step size of the transition that targets
+:math:`\pi_j` is one number per datapoint, :math:`\epsilon_j`, for every position j of the
+schedule: a ``(T + 1, B)`` table. AIS is exactly unbiased, :math:`\mathbb{E}[w] = p(x)`, when
+the kernels are fixed independently of the chains whose weights are averaged. A step size
+adapted *from those chains* is not: it then depends on where they have been, and their
+weights are no longer importance weights for p(x), so neither bound is guaranteed
+(``bench/ais_validity.py``: on the linear-Gaussian model with 2 chains per datapoint, BDMC's
+"upper bound" adapted in its own run sat at -0.023 +- 0.017 nats against the exact value,
+and at +0.21 +- 0.04 with the scheme below).
+
+``adapt="pilot"`` (the default) follows the two-round scheme of Huang, Makhzani, Cao & Grosse
+(2020, "Evaluating Lossy Compression Rates of Deep Generative Models",
+https://arxiv.org/abs/2008.06653) -- tune the step sizes on chains of their own, then anneal
+with them fixed -- in one pass: ``pilot_chains`` extra chains per datapoint, drawn from p_0
+like the others, run beside the ``num_chains`` chains in the same batched calls. After every
+transition the step size of the datapoint is updated by the multiplicative rule of
+:func:`pgm.inference.hmc.adapt_step_size` from the acceptance probability averaged over its
+*pilot* chains alone, and every chain of the datapoint uses it at the next transition. The
+pilot chains' weights are thrown away. The step-size sequence is thus a function of x and of
+the pilot chains' draws, which are independent of the other chains, so conditionally on it
+the remaining chains run AIS with fixed kernels and :math:`\mathbb{E}[w] = p(x)` holds. The
+result has the same distribution as a separate pilot run followed by a frozen run, without
+paying the per-step overhead twice: the cost is ``(num_chains + pilot_chains) / num_chains``
+of the arithmetic (1.25x at the defaults). The table used is ``extra["step_sizes"]``.
+
+BDMC's reverse pass starts at the exact posterior samples, so its step sizes must not come
+from them (the start would then depend on the kernel): ``bdmc_upper(adapt="pilot")`` takes
+the table from a forward pilot of ``pilot_chains`` chains on the same x (its time is in
+``extra["pilot_seconds"]``), or pass a forward AIS run's ``extra["step_sizes"]`` on the same
+data with ``adapt="none"``, as :func:`pgm.evaluation.evaluate` does. ``adapt="none"`` takes
+``step_size`` as given: a float, one per datapoint ``(B,)``, or a table ``(T + 1, B)``.
+``adapt="in-run"`` adapts from the run's own chains (pooled over the chains of a datapoint;
+Wu et al. 2017 pool over all chains), kept for comparison: its estimate is not a stochastic
+bound.
 """
 
 from __future__ import annotations
@@ -184,95 +206,125 @@ def ais_step(
     return AISState(hmc.z, log_w, state.step_size), AISInfo(info.accept_prob, info.divergent)
 
 
-def _adapt(state: AISState, info: AISInfo, target_accept: float) -> AISState:
-    """The drivers' step-size update after a transition, on the acceptance pooled over the
-    chains of each datapoint (all chains when C == 1): adapting on a chain's own acceptance
-    makes its kernel state-dependent, and that biased AIS by +0.08 and BDMC by -0.22 nats on
-    the linear-Gaussian test (see the module docstring)."""
-    C = state.z.shape[0]
-    pooled = info.accept_prob.mean(0 if C > 1 else (0, 1), keepdim=True)
-    step_size = adapt_step_size(
-        state.step_size, pooled.expand_as(state.step_size), target=target_accept
-    )
-    return state._replace(step_size=step_size)
+ADAPT = ("pilot", "none", "in-run")
+
+
+def _check_adapt(adapt: str) -> str:
+    if adapt not in ADAPT:
+        raise ValueError(f"adapt must be one of {', '.join(map(repr, ADAPT))}, got {adapt!r}")
+    return adapt
+
+
+def _step_size_table(step_size: float | Tensor, T: int, B: int) -> Tensor:
+    """``step_size`` as the ``(T + 1, B)`` float64 table of the module docstring: a float, one
+    per datapoint ``(B,)``, or the table itself."""
+    eps = torch.as_tensor(step_size, dtype=torch.float64).detach().cpu()
+    if eps.dim() == 0 or tuple(eps.shape) == (B,):
+        eps = eps.expand(T + 1, B)
+    elif tuple(eps.shape) != (T + 1, B):
+        raise ValueError(f"step_size must be a float, a ({B},) tensor (one per datapoint) or a "
+                         f"({T + 1}, {B}) table (one per schedule position), got shape "
+                         f"{tuple(eps.shape)}")
+    if not bool(torch.isfinite(eps).all() & (eps > 0).all()):
+        raise ValueError("step sizes must be positive and finite")
+    return eps.clone()
 
 
 def _anneal(
     f: LatentCallables,
     x: Tensor,
     betas: Tensor,
-    init: Callable[[slice], Tensor],
+    init: Callable[[slice, int], Tensor],
     *,
+    reverse: bool,
     num_chains: int,
     initial: str,
     num_leapfrog: int,
     step_size: float | Tensor,
     target_accept: float,
-    adapt: bool,
+    adapt: str,
+    pilot_chains: int,
     batch_size: int | None,
-    final_transition: bool,
     generator: torch.Generator | None,
     progress: Progress | None,
 ) -> tuple[Tensor, Tensor, dict, float]:
-    """The loops of :func:`ais` and :func:`bdmc_upper`: :func:`ais_step` along ``betas`` (either
-    direction), ``batch_size`` datapoints at a time, from the states ``init(rows)``
-    ``(C, b, L)``; no transition at the last step unless ``final_transition``.
+    """The loops of :func:`ais` and :func:`bdmc_upper`: :func:`ais_step` along the schedule
+    ``betas`` (forwards, or from 1 to 0 if ``reverse``; no transition at beta = 0),
+    ``batch_size`` datapoints at a time, from the states ``init(rows, C)`` ``(C, b, L)``.
 
-    Returns the log weights ``(C, B)``, the final states ``(C, B, L)``, the ``extra`` that
-    AIS and BDMC share, and the seconds taken.
+    The transition that targets position j of the schedule uses the step sizes
+    ``table[j]`` (``step_size`` as a ``(T + 1, B)`` table) with ``adapt="none"``. With
+    ``"pilot"``, ``pilot_chains`` more chains per datapoint run beside the ``num_chains``
+    (drawn from ``init`` too, in the same batched calls) and the step size of every chain of a
+    datapoint follows those pilot chains' pooled acceptance alone; with ``"in-run"`` it follows
+    the ``num_chains`` chains' own. The table records what was used.
+
+    Returns the ``num_chains`` chains' log weights ``(C, B)`` and final states ``(C, B, L)``,
+    the ``extra`` that AIS and BDMC share, and the seconds taken.
     """
     B = check_data(x)
-    num_chains = _check_positive_int("num_chains", num_chains)
+    C = _check_positive_int("num_chains", num_chains)
+    P = _check_positive_int("pilot_chains", pilot_chains) if _check_adapt(adapt) == "pilot" else 0
     num_leapfrog = _check_positive_int("num_leapfrog", num_leapfrog)
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
     batch_size = B if batch_size is None else _check_positive_int("batch_size", batch_size)
     _base_log_density(f, initial)  # a bad `initial` fails before any chain is drawn
     T = betas.numel() - 1
+    step_sizes = _step_size_table(step_size, T, B)
+    positions = list(range(T, -1, -1)) if reverse else list(range(T + 1))
     num_batches = math.ceil(B / batch_size)
 
     start = time.perf_counter()
     states: list[AISState] = []
+    used: list[Tensor] = []  # per batch, (T + 1, b): the step sizes of the transitions
     acceptance: list[Tensor] = []  # per batch, (T',): the mean over chains at each transition
     divergences = 0
     for i, b0 in enumerate(range(0, B, batch_size)):
         rows = slice(b0, min(B, b0 + batch_size))
         xb = x[rows]
-        with torch.no_grad():
-            z0 = init(rows)  # (C, b, L)
         b = xb.shape[0]
-        if not isinstance(z0, Tensor) or z0.dim() != 3 or tuple(z0.shape[:2]) != (num_chains, b):
-            got = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
-            raise ValueError(f"initial states must have shape ({num_chains}, {b}, L), got {got}")
-        eps = torch.as_tensor(step_size, dtype=z0.dtype, device=z0.device)
-        if eps.dim() == 2:  # per-chain step sizes for all B datapoints: take this batch's
-            eps = eps[:, rows]
-        eps = eps.expand(num_chains, b).clone()
-        if not bool((eps > 0).all()):
-            raise ValueError("step sizes must be positive")
-        log_w = torch.zeros(num_chains, b, dtype=torch.float64, device=z0.device)
-        state = AISState(z0.detach(), log_w, eps)
+        with torch.no_grad():
+            z0 = init(rows, C)  # (C, b, L)
+            if not isinstance(z0, Tensor) or z0.dim() != 3 or tuple(z0.shape[:2]) != (C, b):
+                got = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
+                raise ValueError(f"initial states must have shape ({C}, {b}, L), got {got}")
+            if P:
+                z0 = torch.cat([z0, init(rows, P)])  # (C + P, b, L): the pilot chains last
+        table = step_sizes[:, rows].to(dtype=z0.dtype, device=z0.device).clone()  # (T + 1, b)
+        log_w = torch.zeros(C + P, b, dtype=torch.float64, device=z0.device)
+        state = AISState(z0.detach(), log_w, table[positions[1]].expand(C + P, b).clone())
         accept_per_step = []
         for t in range(1, T + 1):
+            j = positions[t]
+            move = not (reverse and t == T)  # the transition at beta = 0 changes no weight
+            if move and adapt == "none":
+                state = state._replace(step_size=table[j].expand(C + P, b))
+            elif move:
+                table[j] = state.step_size[0]  # (every chain of a datapoint shares it)
             state, info = ais_step(
                 state,
                 xb,
-                betas[t - 1].item(),
-                betas[t].item(),
+                betas[positions[t - 1]].item(),
+                betas[j].item(),
                 f,
                 initial=initial,
                 num_leapfrog=num_leapfrog,
-                transition=t < T or final_transition,
+                transition=move,
                 generator=generator,
             )
             if info.accept_prob is not None:
-                accept_per_step.append(info.accept_prob.mean())
-                divergences = divergences + info.divergent.sum()
-                if adapt:
-                    state = _adapt(state, info, target_accept)
+                accept_per_step.append(info.accept_prob[:C].mean())
+                divergences = divergences + info.divergent[:C].sum()
+                if adapt != "none":
+                    signal = info.accept_prob[C:] if P else info.accept_prob
+                    pooled = signal.mean(0 if signal.shape[0] > 1 else (0, 1), keepdim=True)
+                    step = adapt_step_size(state.step_size[:1], pooled, target=target_accept)
+                    state = state._replace(step_size=step.expand(C + P, b))
             if progress is not None:
                 progress(i * T + t, num_batches * T)
-        states.append(state)
+        states.append(AISState(state.z[:C], state.log_w[:C], state.step_size[:C]))
+        used.append(table)
         if accept_per_step:
             acceptance.append(torch.stack(accept_per_step).to(torch.float64))
         else:
@@ -281,31 +333,46 @@ def _anneal(
 
     log_w = torch.cat([s.log_w for s in states], dim=1)  # (C, B)
     z = torch.cat([s.z for s in states], dim=1)  # (C, B, L)
-    step_sizes = torch.cat([s.step_size for s in states], dim=1)  # (C, B)
+    table = torch.cat(used, dim=1).cpu().to(torch.float64)  # (T + 1, B)
+    if not reverse and adapt != "none":
+        table[0] = table[1]  # (no forward transition targets beta = 0; a reverse run's last)
+    moved = table[1:] if not reverse else table[1:T]  # the positions a transition targeted
     accept = torch.stack(acceptance).mean(0)  # (T',)
     normalised = torch.exp(log_w - log_mean_exp(log_w, dim=0))  # (C, B), mean 1 over chains
     # Delta-method SE of log(mean w) across chains, and the chains' effective sample size.
-    se_chains = (normalised.std(dim=0) / math.sqrt(num_chains)).cpu() if num_chains > 1 else None
+    se_chains = (normalised.std(dim=0) / math.sqrt(C)).cpu() if C > 1 else None
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)).cpu()
     extra = {
         "num_steps": T,
-        "num_chains": num_chains,
+        "num_chains": C,
         "num_leapfrog": num_leapfrog,
         "initial": initial,
         "adapt": adapt,
+        "pilot_chains": P,
         "target_accept": target_accept,
         "acceptance": accept.mean().item() if accept.numel() else math.nan,
         "divergences": int(divergences),
-        "step_size_mean": step_sizes.mean().item(),
+        "step_size_mean": moved.mean().item() if moved.numel() else math.nan,
         "se_chains_mean": se_chains.mean().item() if se_chains is not None else math.nan,
         "ess_chains_min": ess.min().item(),
         "acceptance_per_step": accept.cpu(),
-        "step_size_final": step_sizes.cpu(),
+        "step_sizes": table,
         "se_chains": se_chains,
         "ess_chains": ess,
         "log_weights": log_w.cpu(),
     }
     return log_w, z, extra, seconds
+
+
+def _init(f: LatentCallables, x: Tensor, initial: str) -> Callable[[slice, int], Tensor]:
+    """Chains drawn from p_0: ``init(rows, C)`` ``(C, b, L)``."""
+    if initial == "prior":
+        if f.sample_prior is None:
+            raise ValueError("initial='prior' needs LatentCallables.sample_prior, which is None")
+        return lambda rows, C: f.sample_prior(len(range(x.shape[0])[rows]), C)
+    if initial == "q":
+        return lambda rows, C: f.sample_q(x[rows], C)
+    raise ValueError(f"initial must be 'prior' or 'q', got {initial!r}")
 
 
 def ais(
@@ -318,7 +385,8 @@ def ais(
     initial: str = "prior",
     step_size: float | Tensor = 0.05,
     target_accept: float = 0.65,
-    adapt: bool = True,
+    adapt: str = "pilot",
+    pilot_chains: int = 4,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
@@ -332,53 +400,32 @@ def ais(
         num_chains: independent chains per datapoint.
         num_leapfrog: leapfrog steps per HMC transition.
         initial: ``"prior"`` (p_0 = p(z)) or ``"q"`` (p_0 = q(z|x)).
-        step_size: initial HMC step size: a float, or a ``(num_chains, B)`` tensor.
+        step_size: HMC step sizes: a float, ``(B,)``, or a ``(T + 1, B)`` table (one per
+            datapoint and schedule position); with ``adapt="pilot"`` where the pilot starts.
         target_accept: target acceptance probability of the step-size adaptation.
-        adapt: adapt step sizes per chain during the run (see the module docstring).
+        adapt: ``"pilot"`` (step sizes follow pilot chains run alongside), ``"none"``
+            (use ``step_size`` as given) or ``"in-run"`` (biased; see the module docstring).
+        pilot_chains: pilot chains per datapoint (``adapt="pilot"``).
         batch_size: datapoints annealed at once (default: all).
         generator: torch generator for momenta and accept/reject draws (the callables' own
             sampling uses theirs).
-        progress: called as ``progress(steps_done, steps_total)`` after every step.
+        progress: called as ``progress(steps_done, steps_total)`` after every step of the run.
 
     Returns:
-        :class:`Estimate` whose ``extra`` holds the settings and ``acceptance`` (mean
-        acceptance probability), ``divergences``, ``step_size_final`` ``(C, B)``,
-        ``se_chains`` ``(B,)`` (delta-method standard error of each datapoint's estimate across
-        chains), ``ess_chains``, ``log_weights`` ``(C, B)``, ``acceptance_per_step`` and
-        ``z_final`` ``(C, B, L)`` (approximate posterior samples).
+        :class:`Estimate` (its ``seconds`` include the pilot chains') whose ``extra`` holds the
+        settings and ``acceptance`` (mean acceptance probability), ``divergences``,
+        ``step_sizes`` ``(T + 1, B)`` (the table the run used), ``se_chains`` ``(B,)``
+        (delta-method standard error of each datapoint's estimate across chains),
+        ``ess_chains``, ``log_weights`` ``(C, B)``, ``acceptance_per_step`` and ``z_final``
+        ``(C, B, L)`` (approximate posterior samples), all of the ``num_chains`` chains.
     """
     betas = check_schedule(schedule)
-    B = check_data(x)
-    num_chains = _check_positive_int("num_chains", num_chains)
-    if initial == "prior":
-        if f.sample_prior is None:
-            raise ValueError("initial='prior' needs LatentCallables.sample_prior, which is None")
-
-        def init(rows: slice) -> Tensor:
-            return f.sample_prior(len(range(B)[rows]), num_chains)
-
-    elif initial == "q":
-
-        def init(rows: slice) -> Tensor:
-            return f.sample_q(x[rows], num_chains)
-
-    else:
-        raise ValueError(f"initial must be 'prior' or 'q', got {initial!r}")
-
+    check_data(x)
+    init = _init(f, x, initial)
     log_w, z, extra, seconds = _anneal(
-        f,
-        x,
-        betas,
-        init,
-        num_chains=num_chains,
-        initial=initial,
-        num_leapfrog=num_leapfrog,
-        step_size=step_size,
-        target_accept=target_accept,
-        adapt=adapt,
-        batch_size=batch_size,
-        final_transition=True,
-        generator=generator,
+        f, x, betas, init, reverse=False, num_chains=num_chains, initial=initial,
+        num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept,
+        adapt=adapt, pilot_chains=pilot_chains, batch_size=batch_size, generator=generator,
         progress=progress,
     )
     per_datapoint = log_mean_exp(log_w, dim=0)  # (B,)
@@ -398,7 +445,8 @@ def bdmc_upper(
     initial: str = "prior",
     step_size: float | Tensor = 0.05,
     target_accept: float = 0.65,
-    adapt: bool = True,
+    adapt: str = "pilot",
+    pilot_chains: int = 4,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
@@ -413,11 +461,13 @@ def bdmc_upper(
         z_exact: ``(B, L)`` -- one exact sample per datapoint, copied to ``num_chains``
             chains (default 16) -- or ``(C, B, L)`` (then ``num_chains`` is C).
         schedule: the *forward* schedule, from 0 to 1 (it is reversed here). ``initial``
-            names the same p_0 as for the forward run: the end of the reversed path.
-        step_size: initial step sizes at beta = 1; a forward run's ``extra["step_size_final"]``
-            is a good choice.
+            names the same p_0 as for the forward run: the end of the reversed path, and where
+            the forward pilot (``adapt="pilot"``) starts.
+        step_size: as for :func:`ais`; a forward AIS run's ``extra["step_sizes"]`` on the
+            same x with ``adapt="none"`` saves the pilot.
 
-    Other arguments and ``extra`` are as for :func:`ais` (without ``z_final``).
+    Other arguments and ``extra`` are as for :func:`ais` (without ``z_final``; with
+    ``pilot_seconds``, the forward pilot's share of ``seconds``).
     """
     betas = check_schedule(schedule)
     B = check_data(x)
@@ -434,25 +484,23 @@ def bdmc_upper(
     if z_exact.shape[1] != B:
         raise ValueError(f"z_exact has {z_exact.shape[1]} datapoints, x has {B}")
 
-    def init(rows: slice) -> Tensor:
+    def init(rows: slice, C: int) -> Tensor:
         return z_exact[:, rows].clone()
 
+    kw = dict(initial=initial, num_leapfrog=num_leapfrog, target_accept=target_accept,
+              pilot_chains=pilot_chains, batch_size=batch_size, generator=generator)
+    pilot_seconds = 0.0
+    if _check_adapt(adapt) == "pilot":  # a forward pilot from p_0 on the same x
+        *_, pilot, pilot_seconds = _anneal(
+            f, x, betas, _init(f, x, initial), reverse=False, num_chains=pilot_chains,
+            step_size=step_size, adapt="in-run", progress=None, **kw)
+        step_size = pilot["step_sizes"]
     log_w, _, extra, seconds = _anneal(
-        f,
-        x,
-        betas.flip(0),
-        init,
-        num_chains=num_chains,
-        initial=initial,
-        num_leapfrog=num_leapfrog,
-        step_size=step_size,
-        target_accept=target_accept,
-        adapt=adapt,
-        batch_size=batch_size,
-        final_transition=False,  # the transition at beta = 0 would not change any weight
-        generator=generator,
-        progress=progress,
-    )
+        f, x, betas, init, reverse=True, num_chains=num_chains, step_size=step_size,
+        adapt="none" if adapt == "pilot" else adapt, progress=progress, **kw)
+    extra.update(adapt=adapt, pilot_chains=pilot_chains if adapt == "pilot" else 0,
+                 pilot_seconds=pilot_seconds)
+    seconds += pilot_seconds
     per_datapoint = -log_mean_exp(log_w, dim=0)  # (B,)
     warn_if_nan(per_datapoint, "BDMC upper bound on log p(x)")
     return Estimate.of(per_datapoint, seconds=seconds, extra=extra, bound="upper")

@@ -557,10 +557,15 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
     lower = replace(_ais(bind, x, cfg, run, "bdmc forward", stream="bdmc"), data="simulated")
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
 
+    # The reverse pass takes the forward run's pilot-tuned step sizes for the same x: tuned
+    # from the prior with independent draws, never from the exact samples it starts at.
+    step_sizes = lower.extra.pop("step_sizes")
+
     def one(lo, hi, gen, tick):
         return bdmc_upper(bind(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
                           num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
-                          initial=cfg.ais_initial, generator=gen, progress=tick)
+                          initial=cfg.ais_initial, step_size=step_sizes[:, lo:hi],
+                          adapt="none", generator=gen, progress=tick)
 
     parts = map_batches(one, n, stream="bdmc_rev", stage="bdmc reverse", **run)
     upper = concat_estimates(parts, extra={"schedule": cfg.ais_schedule})

@@ -88,7 +88,7 @@ def main() -> None:
             lo_all, up_all = [], []
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
-                g = torch.Generator().manual_seed(seed)
+                g = torch.Generator().manual_seed(1000 + seed)  # (not the global seed: ais())
                 kw = dict(schedule=schedule, num_chains=args.chains, adapt=scheme, generator=g)
                 lo = ais(f, x, **kw)
                 up = bdmc_upper(f, x_sim, z_sim, **kw)

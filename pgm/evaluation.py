@@ -410,10 +410,10 @@ def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject
     base = model.to(device).eval()
     extra, more, sigma = {}, {}, None
     if cfg.explicit_view or not base.has_density:
-        from pgm.models.explicit import choose_sigma
+        from pgm.models.explicit import fit_sigma
 
-        choice = choose_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
-                              seed=cfg.seed, y_valid=data.y_valid)
+        choice = fit_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
+                           seed=cfg.seed, y_valid=data.y_valid)
         sigma = choice.sigma
         model = base.explicit_view(sigma).to(device).eval()
         extra.update(explicit_sigma=sigma, explicit_sigma_choice=choice._asdict())

@@ -150,6 +150,27 @@ def traced_vs_plain(model, x, n_iwae: int, n_ais: int, ais_steps: int, repeats: 
               f"{abs(means['plain'] - means['traced']):11.2e}")
 
 
+def matmul_rate(device, rows: int = 8192, repeats: int = 20) -> float:
+    """FLOP/s of this device on the decoder's largest product, (rows, 400) @ (400, 784)."""
+    a = torch.randn(rows, 400, device=device)
+    w = torch.randn(400, 784, device=device)
+    for _ in range(3):
+        a @ w
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ w
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * rows * 400 * 784 * repeats / (time.perf_counter() - t0)
+
+
+def decoder_flops(L: int = 20, H: int = 400, D: int = 784) -> int:
+    """Multiply-adds x 2 of one decoder pass per row (the encoder runs once per datapoint)."""
+    return 2 * (L * H + H * D)
+
+
 def bdmc_directions(model, n: int, steps: int, repeats: int = 2):
     """Seconds of BDMC's forward pass (AIS with pilot chains) and its reverse pass (the forward
     run's step sizes, as pgm evaluate runs it) on n datapoints simulated from the model,
@@ -230,10 +251,18 @@ def main():
     rows.append((f"AIS T={args.ais_steps}, per-datapoint loop", loop_n, t, mem.mb,
                  ref.mean().item()))
 
+    # Roofline: the seconds the decoder's matrix products need at the measured matmul rate.
+    # IWAE: one forward pass per draw; AIS: T * (leapfrog + 1) value-and-gradient passes per
+    # chain (16 + 4 pilot), each a forward and an input-gradient pass (2x the forward).
+    rate = matmul_rate(device)
+    ideal = {0: args.n_iwae * 5000 * decoder_flops() / rate,
+             2: args.n_ais * 20 * args.ais_steps * 11 * 2 * decoder_flops() / rate}
+    print(f"matmul rate {rate / 1e9:.1f} GFLOP/s ((8192, 400) @ (400, 784), float32)")
     print(f"{'estimator':38s} {'n':>5s} {'seconds':>9s} {'s/datapoint':>12s} "
-          f"{'peak MB':>8s} {'mean (nats)':>12s}")
-    for name, n, t, mb, mean in rows:
-        print(f"{name:38s} {n:5d} {t:9.2f} {t / n:12.4f} {mb:8.0f} {mean:12.2f}")
+          f"{'peak MB':>8s} {'mean (nats)':>12s} {'/ matmul time':>13s}")
+    for i, (name, n, t, mb, mean) in enumerate(rows):
+        roof = f"{t / ideal[i]:13.2f}" if i in ideal else ""
+        print(f"{name:38s} {n:5d} {t:9.2f} {t / n:12.4f} {mb:8.0f} {mean:12.2f}{roof}")
     for i in (0, 2):
         speedup = (rows[i + 1][2] / rows[i + 1][1]) / (rows[i][2] / rows[i][1])
         print(f"{rows[i][0].split(',')[0]}: per-datapoint loop / pgm = {speedup:.1f}x")

@@ -97,8 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=1000,
                    help="datapoints of the split for ELBO/IWAE (default 1000)")
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    e.add_argument("--ais-steps", type=int, default=1000,
-                   help="AIS intermediate distributions; 0 turns AIS off (default 1000)")
+    e.add_argument("--ais-steps", type=int, default=500,
+                   help="AIS intermediate distributions; 0 turns AIS off (default 500)")
+    e.add_argument("--ais-initial", default="auto", choices=("auto", "prior", "q"),
+                   help="start of the annealing path: q(z|x) where the guide has a density "
+                        "(auto, the default), or the prior")
     e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
     e.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
     e.add_argument("--ais-schedule", default="sigmoid", choices=("sigmoid", "linear"))
@@ -308,7 +311,8 @@ def _evaluate(args) -> int:
         ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
         ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
-        ais_schedule=args.ais_schedule, ais_n=args.ais_n, bdmc=args.bdmc, gaps=args.gaps,
+        ais_schedule=args.ais_schedule, ais_initial=args.ais_initial, ais_n=args.ais_n,
+        bdmc=args.bdmc, gaps=args.gaps,
         gaps_n=args.gaps_n, exact=not args.no_exact, posterior_check=args.posterior_check,
         explicit_view=args.explicit_view, sample_quality=args.sample_quality,
         seed=args.seed, device=args.device),

@@ -54,8 +54,9 @@ QUADRATURE_TOL = 1e-3
 PRESETS: dict[str, dict] = {
     "burda2015": {"ks": (1, 10, 100, 1000, 5000), "ais_steps": 0},
     "wu2017": {"ks": (1, 10, 100, 1000), "ais_steps": 10_000, "ais_chains": 16,
-               "ais_leapfrog": 10, "ais_schedule": "sigmoid", "bdmc": True},
-    "cremer2018": {"ks": (1, 5000), "ais_steps": 1000, "gaps": True},
+               "ais_leapfrog": 10, "ais_schedule": "sigmoid", "ais_initial": "prior",
+               "bdmc": True},
+    "cremer2018": {"ks": (1, 5000), "ais_steps": 1000, "ais_initial": "prior", "gaps": True},
 }
 
 
@@ -66,11 +67,13 @@ class EvalConfig:
     split: str = "test"
     batch_size: int = 100  # datapoints per batch (memory: K x batch decoder outputs per chunk)
     prior_proposal: bool = False  # also IWAE with p(z) as the proposal (to show it fails)
-    ais_steps: int = 1000  # T intermediate distributions; 0 turns AIS off
+    ais_steps: int = 500  # T intermediate distributions; 0 turns AIS off (bench/accuracy.py)
     ais_chains: int = 16
     ais_leapfrog: int = 10
     ais_schedule: str = "sigmoid"
-    ais_initial: str = "prior"  # p_0 of the annealing path: "prior" or "q"
+    # p_0 of the annealing path: "prior", "q", or "auto": q(z|x) where the guide has a density
+    # (more accurate per second than the prior: bench/accuracy.py), else the prior
+    ais_initial: str = "auto"
     ais_n: int = 100  # AIS is run on the first ais_n of the n datapoints
     bdmc: bool = False  # BDMC sandwich on ais_n datapoints simulated from the model
     gaps: bool = False  # amortization / approximation gaps on the first gaps_n datapoints
@@ -93,6 +96,8 @@ class EvalConfig:
         if self.ais_schedule not in SCHEDULES:
             raise ValueError(f"unknown ais_schedule {self.ais_schedule!r}; "
                              f"known: {', '.join(SCHEDULES)}")
+        if self.ais_initial not in ("auto", "prior", "q"):
+            raise ValueError(f"ais_initial must be auto, prior or q, got {self.ais_initial!r}")
         if self.split not in ("train", "valid", "test"):
             raise ValueError(f"split must be train, valid or test, got {self.split!r}")
         if min(self.n, self.batch_size) < 1:
@@ -454,7 +459,8 @@ def measure(subject: Subject, cfg: EvalConfig, *, progress: Progress | None = No
     n_ais = min(cfg.ais_n, n)
     hmc = cfg.ais_steps > 0 and subject.latent_dim > 0
     if hmc and n_ais > 0:
-        estimators["ais"] = _ais(subject.bind, x[:n_ais], cfg, run, "ais")
+        estimators["ais"] = _ais(subject.bind, x[:n_ais], cfg, run, "ais",
+                                 initial=_initial(subject, cfg))
 
     # ---- BDMC on simulated data --------------------------------------------------------------
     if cfg.bdmc and hmc and subject.simulate is not None:
@@ -530,14 +536,25 @@ def _exact(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
     return {"quadrature": concat_estimates(parts, extra={"method": "quadrature"})}
 
 
-def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais") -> Estimate:
+def _initial(subject: Subject, cfg: EvalConfig) -> str:
+    """The start of AIS's path: the guide where it has a density (``auto``), else the prior."""
+    if cfg.ais_initial == "auto":
+        return "q" if subject.guide_density else "prior"
+    if cfg.ais_initial == "q" and not subject.guide_density:
+        raise ValueError("ais_initial='q' needs a guide with a density; this model's guide is a "
+                         "point mass: use ais_initial='prior' (or 'auto')")
+    return cfg.ais_initial
+
+
+def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *,
+         initial: str) -> Estimate:
     from pgm.inference.ais import ais
 
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
 
     def one(lo, hi, gen, tick):
         est = ais(bind(lo, hi), x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
-                  num_leapfrog=cfg.ais_leapfrog, initial=cfg.ais_initial, generator=gen,
+                  num_leapfrog=cfg.ais_leapfrog, initial=initial, generator=gen,
                   progress=tick)
         est.extra.pop("z_final", None)
         return est
@@ -554,7 +571,9 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
     with torch.random.fork_rng(devices=[]):
         _seed_batch(cfg.seed, 0, "bdmc_sim")
         x, z, bind = subject.simulate(n)
-    lower = replace(_ais(bind, x, cfg, run, "bdmc forward", stream="bdmc"), data="simulated")
+    initial = _initial(subject, cfg)
+    lower = replace(_ais(bind, x, cfg, run, "bdmc forward", stream="bdmc", initial=initial),
+                    data="simulated")
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
 
     # The reverse pass takes the forward run's pilot-tuned step sizes for the same x: tuned
@@ -564,7 +583,7 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
     def one(lo, hi, gen, tick):
         return bdmc_upper(bind(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
                           num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
-                          initial=cfg.ais_initial, step_size=step_sizes[:, lo:hi],
+                          initial=initial, step_size=step_sizes[:, lo:hi],
                           adapt="none", generator=gen, progress=tick)
 
     parts = map_batches(one, n, stream="bdmc_rev", stage="bdmc reverse", **run)

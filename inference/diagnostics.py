@@ -17,17 +17,19 @@ shape :math:`\hat k` estimates how many moments the weight distribution has (the
 For Gaussian q and posterior with standard deviations :math:`\sigma_q < \sigma_p` the weights
 have tail index :math:`1 / (1 - \sigma_q^2/\sigma_p^2)`, so :math:`k = 1 - \sigma_q^2 /
 \sigma_p^2`: a q narrower than the posterior is the dangerous direction. :math:`\hat k` is
-computed with ``arviz.psislw`` per datapoint (the Pareto tail is the largest
-:math:`\min(K/5, 3\sqrt K)` weights, so K >= 21 is needed for the 5 tail points the fit takes).
+computed per datapoint with ArviZ's PSIS through :mod:`.arviz_compat` (ArviZ 0.x or 1.x; the
+Pareto tail is the largest :math:`\min(K/5, 3\sqrt K)` weights, and K >= 30 gives both
+versions enough tail points to fit).
 
 **Effective sample size** of K self-normalised weights: :math:`(\sum_k w_k)^2 / \sum_k w_k^2`,
 in [1, K], K for equal weights (Kong 1992).
 
 **Reference posterior.** :func:`reference_posterior` samples :math:`p(z | x)` for one
 datapoint with Pyro's NUTS (Hoffman & Gelman 2014) on the potential
-:math:`-\log p(x, z)`, from the model's callables, and returns an ``arviz.InferenceData`` with
-its R-hat (rank-normalised split R-hat; converged if < 1.01, usable if < 1.05) and bulk/tail
-ESS (Vehtari et al. 2021, "Rank-Normalization, Folding, and Localization").
+:math:`-\log p(x, z)`, from the model's callables, and returns the draws as ArviZ data
+(``InferenceData`` on ArviZ 0.x, ``xarray.DataTree`` on 1.x) with their R-hat
+(rank-normalised split R-hat; converged if < 1.01, usable if < 1.05) and bulk/tail ESS
+(Vehtari et al. 2021, "Rank-Normalization, Folding, and Localization").
 :func:`posterior_figure` draws it beside q's samples for a 2-D latent.
 """
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -45,6 +46,7 @@ from torch import Tensor
 
 from pgm.errors import DataError
 
+from .arviz_compat import MIN_PSIS_SAMPLES, convergence, posterior_data, psis_khat_rows
 from .bounds import _check_count
 from .callables import LatentCallables
 
@@ -67,17 +69,6 @@ __all__ = [
 KHAT_GOOD = 0.5
 #: k-hat above this: importance-sampling estimates are unreliable.
 KHAT_OK = 0.7
-#: Fewest weights per datapoint for which the Pareto fit has its 5 tail points.
-MIN_PSIS_SAMPLES = 21
-
-
-def _arviz():
-    """Import ArviZ with its import-time FutureWarning (about its coming 1.0 API) silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
-    return arviz
 
 
 def _check_log_weights(log_w: Tensor) -> Tensor:
@@ -97,11 +88,12 @@ def psis_khat(log_w: Tensor, *, reff: float = 1.0, rtol: float = 1e-9) -> Tensor
 
     Args:
         log_w: ``(K, B)`` log importance weights (K draws per datapoint, as
-            :func:`~pgm.inference.bounds.log_importance_weights` returns), K >= 21.
+            :func:`~pgm.inference.bounds.log_importance_weights` returns), K >= 30
+            (:data:`MIN_PSIS_SAMPLES`).
         reff: relative efficiency of the draws, ESS / K (1 for independent draws).
         rtol: weights whose log values all agree to within ``rtol * max(1, max |log w|)``
             are constant: q is the posterior up to rounding (a point mass has every moment),
-            and their k-hat is reported as 0 instead of ArviZ's inf for a tail of ties.
+            and their k-hat is reported as 0 instead of the inf of a failed fit.
 
     Returns:
         ``(B,)`` k-hat; inf where the Pareto fit failed (e.g. too many tied weights).
@@ -119,10 +111,8 @@ def psis_khat(log_w: Tensor, *, reff: float = 1.0, rtol: float = 1e-9) -> Tensor
     khat = torch.zeros(B, dtype=torch.float64)
     varying = (~constant).nonzero().squeeze(-1)
     if varying.numel():
-        lw = log_w[:, varying].T.contiguous().numpy()  # (B', K): ArviZ's last axis = samples
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            _, kss = _arviz().psislw(lw, reff=float(reff))
-        khat[varying] = torch.as_tensor(np.asarray(kss, dtype=np.float64)).reshape(-1)
+        lw = log_w[:, varying].T.contiguous().numpy()  # (B', K): one row per datapoint
+        khat[varying] = torch.as_tensor(psis_khat_rows(lw, reff=float(reff)))
     return khat
 
 
@@ -136,7 +126,7 @@ def weight_diagnostics(log_w: Tensor, *, reff: float = 1.0) -> dict[str, Any]:
     """Summary of k-hat and ESS over datapoints, JSON-ready (plain floats).
 
     Keys: ``khat_max``, ``khat_mean``, ``frac_khat_above_0_7`` (fraction of datapoints whose
-    estimate is unreliable), ``ess_mean``, ``ess_min``, ``K``. With K < 21 the k-hat entries
+    estimate is unreliable), ``ess_mean``, ``ess_min``, ``K``. With K < 30 the k-hat entries
     are NaN (too few weights for the Pareto fit); the ESS entries are always computed.
     """
     log_w = _check_log_weights(log_w)
@@ -165,8 +155,8 @@ class ReferencePosterior(NamedTuple):
     """NUTS draws of p(z | x) for one datapoint.
 
     Attributes:
-        idata: ``arviz.InferenceData`` with posterior variable ``"z"`` of shape
-            (chain, draw, L) and sample_stats ``diverging``.
+        idata: ArviZ data (``arviz.InferenceData`` on ArviZ 0.x, ``xarray.DataTree`` on 1.x)
+            whose ``.posterior["z"]`` has shape (chain, draw, L).
         samples: ``(num_chains * num_samples, L)`` tensor of all draws, chains concatenated.
         summary: ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` (over latent dimensions),
             ``divergences``, ``acceptance_rate`` (mean over chains), ``num_chains``,
@@ -219,7 +209,6 @@ def reference_posterior(
     num_samples = _check_count("num_samples", num_samples)
     warmup = _check_count("warmup", warmup)
     num_chains = _check_count("num_chains", num_chains)
-    az = _arviz()
 
     def potential_fn(params: dict[str, Tensor]) -> Tensor:
         z = params["z"]  # (L,)
@@ -247,10 +236,8 @@ def reference_posterior(
             divergences += sum(len(v) for v in diag["divergences"].values())
             acceptance.extend(float(v) for v in diag["acceptance rate"].values())
     z = torch.stack(draws).to(torch.float64)  # (C, S, L)
-    idata = az.from_dict(posterior={"z": z.numpy()})
-    rhat = az.rhat(idata)["z"].values
-    ess_bulk = az.ess(idata, method="bulk")["z"].values
-    ess_tail = az.ess(idata, method="tail")["z"].values
+    idata = posterior_data(z.numpy())
+    rhat, ess_bulk, ess_tail = convergence(idata)
     summary = {
         "rhat_max": float(np.max(rhat)),
         "ess_bulk_min": float(np.min(ess_bulk)),

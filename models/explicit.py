@@ -86,6 +86,16 @@ class SigmaChoice(NamedTuple):
     seconds: float
 
 
+def _validation_rows(model, x_valid, y_valid, n: int):
+    """The first n validation rows (and labels, for a conditional model) on the model's
+    device; a conditional model without labels is an error."""
+    conditional = getattr(model, "conditional", False)
+    if conditional and y_valid is None:
+        raise ValueError(f"{type(model).__name__} is conditional: pass its labels as y_valid")
+    device = next(model.parameters()).device
+    return x_valid[:n].to(device), y_valid[:n].to(device) if conditional else None, device
+
+
 def _iwae_sigma(view, x: torch.Tensor, y, K: int) -> float:
     r"""The sigma that maximises the view's IWAE_K bound on ``x`` for one set of K draws of
     its proposal: only :math:`\log \mathcal N(x; \mu(z_k), \sigma^2 I)` depends on sigma, so
@@ -139,12 +149,8 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
     from pgm.inference.ais import ais
     from pgm.inference.schedules import sigmoid_schedule
 
-    if getattr(model, "conditional", False) and y_valid is None:
-        raise ValueError(f"{type(model).__name__} is conditional: pass its labels as y_valid")
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
-    x = x_valid[:n].to(device)
-    y = y_valid[:n].to(device) if getattr(model, "conditional", False) else None
+    x, y, device = _validation_rows(model, x_valid, y_valid, n)
     was_training = model.training
     model.eval()
     D = x.shape[-1]
@@ -222,12 +228,8 @@ def choose_sigma(model, x_valid: torch.Tensor, sigmas=DEFAULT_SIGMAS, *, method:
     elif method == "exact":
         raise ValueError(f"method='exact' needs a view with an exact marginal; "
                          f"{type(model).__name__}'s has none")
-    if getattr(model, "conditional", False) and y_valid is None:
-        raise ValueError(f"{type(model).__name__} is conditional: pass its labels as y_valid")
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
-    x = x_valid[:n].to(device)
-    y = y_valid[:n].to(device) if getattr(model, "conditional", False) else None
+    x, y, device = _validation_rows(model, x_valid, y_valid, n)
     was_training = model.training
     model.eval()
     means, ses = [], []

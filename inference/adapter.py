@@ -51,11 +51,23 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         with torch.no_grad():
             return model.encode(x, y).sample((K,))
 
+    cache: dict = {}
+
     def log_q(z, x):
-        return model.encode(x, y).log_prob(z)
+        # AIS from q calls this with the same x at every leapfrog step: encode it once while
+        # x and the parameters are unchanged (the key holds x, so its id is not reused).
+        key = (x, x._version, torch.is_grad_enabled(),
+               tuple(p._version for p in model.parameters()))
+        if cache.get("key") is None or not _same_key(cache["key"], key):
+            cache["key"], cache["q"] = key, model.encode(x, y)
+        return cache["q"].log_prob(z)
 
     def sample_prior(B, K):
         with torch.no_grad():
             return model.prior(B, y).sample((K,))
 
     return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior)
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1:] == b[1:]

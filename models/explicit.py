@@ -116,7 +116,8 @@ def _iwae_sigma(view, x: torch.Tensor, y, K: int) -> float:
 
 
 def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_steps: int = 100,
-              ais_chains: int = 4, max_iter: int = 4, rtol: float = 0.02,
+              ais_chains: int = 4, pilot_chains: int = 4, max_iter: int = 4,
+              rtol: float = 0.02,
               sigma0: float | None = None, batch_size: int = 100, seed: int = 0,
               y_valid: torch.Tensor | None = None) -> SigmaChoice:
     r"""Fit the sigma of :func:`explicit_view` on validation data by EM, AIS being the E-step.
@@ -139,8 +140,8 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
     ``max_iter`` AIS runs, and keeps the evaluated sigma with the best score. A view with an
     exact marginal (a mixture) is scored exactly on :data:`DEFAULT_SIGMAS` instead
     (:func:`choose_sigma`). ``SigmaChoice.sigmas`` lists the sigmas EM evaluated, in order.
-    Cost: at most ``max_iter`` AIS runs of ``ais_steps`` steps on ``n * (ais_chains + 4)``
-    rows, against one per grid point for :func:`choose_sigma`.
+    Cost: at most ``max_iter`` AIS runs of ``ais_steps`` steps on
+    ``n * (ais_chains + pilot_chains)`` rows, against one per grid point for :func:`choose_sigma`.
     """
     if explicit_view(model, 1.0).exact_method is not None:
         return choose_sigma(model, x_valid, DEFAULT_SIGMAS, method="exact", n=n,
@@ -171,7 +172,8 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
                 torch.manual_seed(seed * 1_000_003 + lo)
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + lo + 1)
                 est = ais(latent_callables(view, yb), xb, schedule=sigmoid_schedule(ais_steps),
-                          num_chains=ais_chains, initial=initial, generator=gen)
+                          num_chains=ais_chains, pilot_chains=pilot_chains, initial=initial,
+                          generator=gen)
                 per.append(est.per_datapoint)
                 z = est.extra["z_final"].to(device)  # (C, b, L); with the weights: p(z|x)
                 w = torch.softmax(est.extra["log_weights"], dim=0).to(device)  # (C, b)

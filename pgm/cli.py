@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="start of the annealing path: q(z|x) where the guide has a density "
                         "(auto, the default), or the prior")
     e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
+    e.add_argument("--ais-pilot-chains", type=int, default=4,
+                   help="extra chains per datapoint that tune the step sizes; their weights "
+                        "are not used (default 4)")
     e.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
     e.add_argument("--ais-schedule", default="sigmoid", choices=("sigmoid", "linear"))
     e.add_argument("--ais-n", type=int, default=100,
@@ -310,7 +313,8 @@ def _evaluate(args) -> int:
     cfg = with_preset(EvalConfig(
         ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
-        ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
+        ais_chains=args.ais_chains, ais_pilot_chains=args.ais_pilot_chains,
+        ais_leapfrog=args.ais_leapfrog,
         ais_schedule=args.ais_schedule, ais_initial=args.ais_initial, ais_n=args.ais_n,
         bdmc=args.bdmc, gaps=args.gaps,
         gaps_n=args.gaps_n, exact=not args.no_exact, posterior_check=args.posterior_check,

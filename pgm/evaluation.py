@@ -69,6 +69,7 @@ class EvalConfig:
     prior_proposal: bool = False  # also IWAE with p(z) as the proposal (to show it fails)
     ais_steps: int = 500  # T intermediate distributions; 0 turns AIS off (bench/accuracy.py)
     ais_chains: int = 16
+    ais_pilot_chains: int = 4  # extra chains per datapoint that tune the step sizes (ais())
     ais_leapfrog: int = 10
     ais_schedule: str = "sigmoid"
     # p_0 of the annealing path: "prior", "q", or "auto": q(z|x) where the guide has a density
@@ -102,6 +103,11 @@ class EvalConfig:
             raise ValueError(f"split must be train, valid or test, got {self.split!r}")
         if min(self.n, self.batch_size) < 1:
             raise ValueError("n and batch_size must be positive")
+        for name in ("ais_chains", "ais_pilot_chains", "ais_leapfrog", "ais_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.ais_steps < 0:
+            raise ValueError(f"ais_steps must be >= 0 (0 turns AIS off), got {self.ais_steps}")
 
 
 def with_preset(config: EvalConfig, preset: str | None) -> EvalConfig:
@@ -418,7 +424,8 @@ def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject
         from pgm.models.explicit import fit_sigma
 
         choice = fit_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
-                           seed=cfg.seed, y_valid=data.y_valid)
+                           pilot_chains=cfg.ais_pilot_chains, seed=cfg.seed,
+                           y_valid=data.y_valid)
         sigma = choice.sigma
         model = base.explicit_view(sigma).to(device).eval()
         extra.update(explicit_sigma=sigma, explicit_sigma_choice=choice._asdict())
@@ -554,8 +561,8 @@ def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *
 
     def one(lo, hi, gen, tick):
         est = ais(bind(lo, hi), x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
-                  num_leapfrog=cfg.ais_leapfrog, initial=initial, generator=gen,
-                  progress=tick)
+                  pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
+                  initial=initial, generator=gen, progress=tick)
         est.extra.pop("z_final", None)
         return est
 

@@ -7,18 +7,26 @@ lie in its support before training or evaluation starts:
 - ``bernoulli``: :math:`p(x|z) = \prod_d \mathrm{Bern}(x_d; \sigma(h_d))`, x in {0, 1}.
   On grey values in [0, 1] it is the cross-entropy, not a normalised density; that is
   allowed (binarisation "none") but the data module's default binarises.
-- ``gaussian``: :math:`\mathcal N(x; \mu(z), s^2 I)` with a fixed scale s.
+- ``gaussian``: :math:`\mathcal N(x; \mu(z), s^2 I)` with a fixed scale s
+  (:class:`IsotropicNormal`: :math:`-\lVert x - \mu \rVert^2 / 2s^2 - D \log(s \sqrt{2\pi})`
+  in two tensor operations, where ``Normal(mu, s).to_event(1)`` takes about ten over the full
+  ``(..., D)`` shape and checks its arguments: half of an AIS step on the explicit view).
 - ``gaussian-learned``: :math:`\mathcal N(x; \mu(z), \mathrm{diag}\,\sigma(z)^2)`,
   :math:`\sigma = s_{min} + \mathrm{softplus}(h)` per pixel.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from torch.distributions import constraints
 
 from .errors import DataError, UnknownNameError
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Likelihood:
@@ -63,10 +71,56 @@ class Gaussian(Likelihood):
         self.scale = float(scale)
 
     def __call__(self, h):
-        return dist.Normal(h, torch.full_like(h, self.scale)).to_event(1)
+        return IsotropicNormal(h, self.scale)
 
     def config(self):
         return {"name": self.name, "scale": self.scale}
+
+
+class IsotropicNormal(dist.TorchDistribution):
+    r""":math:`\mathcal N(x; \mu, s^2 I)` over the last dimension (one event), for a float s:
+    the distribution of ``Normal(loc, s).to_event(1)``, with a log density that costs two
+    passes over ``(..., D)`` instead of about ten."""
+
+    arg_constraints = {"loc": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, scale: float, validate_args=None):
+        self.loc, self.scale = loc, float(scale)
+        if validate_args is not False and not self.scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
+
+    @property
+    def mean(self):
+        return self.loc
+
+    @property
+    def variance(self):
+        return torch.full_like(self.loc, self.scale**2)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return IsotropicNormal(self.loc.expand(batch_shape + self.event_shape), self.scale,
+                               validate_args=False)
+
+    def rsample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc.expand(shape) + self.scale * eps
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        D = self.event_shape[0]
+        sq = (value - self.loc).pow(2).sum(-1)
+        return sq * (-0.5 / self.scale**2) - D * (math.log(self.scale) + _HALF_LOG_2PI)
+
+    def entropy(self):
+        D = self.event_shape[0]
+        return self.loc.new_full(self.batch_shape,
+                                 D * (0.5 + _HALF_LOG_2PI + math.log(self.scale)))
 
 
 class LearnedGaussian(Likelihood):

@@ -59,3 +59,32 @@ def test_traced_and_plain_samples_agree_for_the_same_seed():
     torch.manual_seed(5)
     b = latent_callables(model, traces=False).sample_q(x, 7)
     torch.testing.assert_close(a, b)
+
+
+def test_log_q_encodes_x_once_and_follows_new_x_and_new_parameters():
+    """AIS from q calls log_q with the same x at every leapfrog step; the encoder runs once
+    for it, and again when x is another tensor, x is changed in place, or a parameter moves."""
+    torch.manual_seed(0)
+    model = VAE(data_dim=20, latent_dim=3, hidden=(8,))
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    f = latent_callables(model)
+    x = torch.rand(4, 20).bernoulli()
+    z = torch.randn(5, 4, 3)
+    first = f.log_q(z, x)
+    torch.testing.assert_close(f.log_q(z, x), first)
+    assert len(calls) == 1
+    x2 = x.clone()
+    torch.testing.assert_close(f.log_q(z, x2), first)
+    assert len(calls) == 2
+    x2[0] = 1 - x2[0]
+    torch.testing.assert_close(f.log_q(z, x2), model.encode(x2).log_prob(z))
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.5)
+    torch.testing.assert_close(f.log_q(z, x), model.encode(x).log_prob(z))
+    assert not torch.allclose(f.log_q(z, x), first)
+    # gradients in z (what AIS takes) through the cached q, repeatedly
+    for _ in range(2):
+        zg = z.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f.log_q(zg, x).sum(), zg)
+        assert torch.isfinite(g).all()

@@ -362,3 +362,32 @@ def test_pilot_chains_set_the_step_sizes_and_the_run_only_follows_them(model):
         ais(f, x, schedule=schedule, adapt=True)
     with pytest.raises(ValueError, match="pilot_chains"):
         ais(f, x, schedule=schedule, pilot_chains=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_ais_kernel_on_a_gpu_never_waits_for_the_host():
+    """One AIS step (value, gradient, HMC move, step-size update) on CUDA tensors issues no
+    host synchronisation once argument checks are off, as inside ais()'s loop."""
+    import pyro
+
+    from pgm import VAE
+    from pgm.inference.adapter import latent_callables
+
+    torch.manual_seed(0)
+    model = VAE(data_dim=20, latent_dim=3, hidden=(16,)).cuda().eval()
+    x = torch.rand(8, 20, device="cuda").round()
+    f = latent_callables(model)
+    z = f.sample_q(x, 4)
+    state = AISState(z, torch.zeros(4, 8, dtype=F64, device="cuda"),
+                     torch.full((4, 8), 0.1, device="cuda"))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    ais_step(state, x, 0.0, 0.01, f, initial="q", generator=gen)  # warm-up: caches, lazy init
+    torch.cuda.synchronize()
+    with pyro.validation_enabled(False):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            state, info = ais_step(state, x, 0.01, 0.02, f, initial="q", generator=gen)
+            step = adapt_step_size(state.step_size[:1], info.accept_prob.mean(0, keepdim=True))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert state.z.is_cuda and step.is_cuda

@@ -5,6 +5,7 @@ import math
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.distributions import Normal
 
 import pgm
 from pgm.models import GAN, GMM, VAE, ExplicitGAN
@@ -26,7 +27,9 @@ def test_mean_view_swaps_only_the_likelihood(pyro_validation):
     z = torch.randn(4, 7, 2)
     px = view.decode(z)
     torch.testing.assert_close(px.mean, vae.decode(z).mean)
-    torch.testing.assert_close(px.base_dist.scale, torch.full((4, 7, 6), 0.3))
+    torch.testing.assert_close(px.variance, torch.full((4, 7, 6), 0.09))
+    x6 = torch.rand(7, 6)
+    torch.testing.assert_close(px.log_prob(x6), Normal(px.mean, 0.3).to_event(1).log_prob(x6))
     x = torch.rand(7, 6)
     q, q_vae = view.encode(x), vae.encode(x)
     torch.testing.assert_close(q.base_dist.loc, q_vae.base_dist.loc)  # the encoder is shared

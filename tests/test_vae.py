@@ -79,3 +79,38 @@ def test_autoencoder_code_has_no_noise():
     z1, z2 = ae.guide(x), ae.guide(x)
     torch.testing.assert_close(z1, z2)
     torch.testing.assert_close(z1, ae.encode_params(x)[0])
+
+
+def test_isotropic_normal_is_normal_to_event_one():
+    """The Gaussian head's fast distribution has the log density, gradient, entropy, shapes
+    and moments of ``Normal(loc, s).to_event(1)``, also expanded and inside a Pyro plate."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pgm.likelihoods import IsotropicNormal, make_likelihood
+
+    torch.manual_seed(0)
+    loc = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, 7, dtype=torch.float64)
+    fast, ref = IsotropicNormal(loc, 0.3), dist.Normal(loc, 0.3).to_event(1)
+    assert (fast.batch_shape, fast.event_shape) == (ref.batch_shape, ref.event_shape)
+    torch.testing.assert_close(fast.log_prob(x), ref.log_prob(x))
+    g_fast, = torch.autograd.grad(fast.log_prob(x).sum(), loc)
+    g_ref, = torch.autograd.grad(ref.log_prob(x).sum(), loc)
+    torch.testing.assert_close(g_fast, g_ref)
+    torch.testing.assert_close(fast.entropy(), ref.entropy())
+    torch.testing.assert_close(fast.variance, ref.variance)
+    assert fast.expand((2, 3, 4)).log_prob(x).shape == (2, 3, 4)
+    draws = IsotropicNormal(torch.zeros(7), 0.3).sample((20_000,))
+    assert abs(draws.std().item() - 0.3) < 0.01 and abs(draws.mean().item()) < 0.01
+    assert isinstance(make_likelihood("gaussian", scale=0.3)(loc), IsotropicNormal)
+    with pytest.raises(ValueError, match="scale"):
+        IsotropicNormal(loc, 0.0)
+
+    def model(x):
+        with pyro.plate("data", 4):
+            pyro.sample("x", IsotropicNormal(torch.zeros(4, 7, dtype=x.dtype), 0.5), obs=x)
+
+    tr = pyro.poutine.trace(model).get_trace(x[0])
+    torch.testing.assert_close(tr.log_prob_sum(),
+                               dist.Normal(0.0, 0.5).log_prob(x[0]).sum())

@@ -27,9 +27,15 @@ Backends (each an optional extra, imported only when asked for):
 continues the same logging run: the steps are epochs, and the loops log an epoch before its
 checkpoint is written, so an epoch repeated after a crash is logged once: TensorBoard's
 ``purge_step`` hides the earlier attempt's values from that epoch on; MLflow keeps the first
-value of a step and skips it when repeated. Epochs never repeat with other numbers: resuming
-reproduces the uninterrupted run. Nothing is created until the first call, so a logger made
-for a run that then refuses to start (an existing run directory) leaves no trace.
+value of a step and skips it when repeated (the values agree: a resumed run reproduces the
+uninterrupted one; only the timings differ). The config is logged when a run starts, not
+again on resume. Nothing is created until the first call, so a logger made for a run that
+then refuses to start (an existing run directory) leaves no trace.
+
+What is logged per epoch is the history row less its epoch and the time of the writes that
+follow the logging: ``train_elbo``, ``valid_elbo``, ``beta``, ``lr``, ``seconds``,
+``valid_seconds`` for models trained by SVI; ``d_loss``, ``d_real``, ``d_fake``,
+``d_accuracy``, ``g_loss``, ``d_valid``, ``d_gen``, ``lr``, ``lr_d``, ``seconds`` for a GAN.
 """
 
 from __future__ import annotations
@@ -214,8 +220,9 @@ def open_logger(backend: str | None, out: str | Path | None = None, *,
 
     ``backend``: "tensorboard", "mlflow", "none", or None: on ``resume``, the backend the run
     logged to before (``RUN/tracking.json``), else none. ``tracking_uri``: mlflow only (a
-    server, a database URI or a path); default ``$MLFLOW_TRACKING_URI``, else
-    ``sqlite:///RUN/mlflow.db``. A resumed run continues the logging run it started there.
+    server or a database URI); default ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///RUN/mlflow.db``. A resumed run continues the logging run it started (unless
+    given another tracking URI: then a new MLflow run there, from the resumed epoch on).
     """
     if backend not in (None, "none", *BACKENDS):
         raise PgmError(f"unknown tracking backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -233,11 +240,10 @@ def open_logger(backend: str | None, out: str | Path | None = None, *,
         if out is None:
             raise PgmError("logging to tensorboard needs a run directory (out=...)")
         return TensorBoardLogger(out / "tensorboard", resume=resume, state_file=state_file)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    continued = state.get("backend") == "mlflow" and (uri is None or
-                                                      uri == state.get("tracking_uri"))
-    if continued:
-        uri = state["tracking_uri"]
+    # resumed: the run it started, unless a tracking URI elsewhere is given now
+    continued = state.get("backend") == "mlflow" and tracking_uri in (None, state["tracking_uri"])
+    uri = state["tracking_uri"] if continued else (tracking_uri
+                                                   or os.environ.get("MLFLOW_TRACKING_URI"))
     artifacts = None
     if uri is None:
         if out is None:

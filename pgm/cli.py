@@ -370,8 +370,8 @@ def _evaluate(args) -> int:
 def _report(args) -> int:
     import json
 
-    from pgm import io
-    from pgm.report import comparison
+    from pgm import io, plots
+    from pgm.report import comparison, comparison_figure, paired_differences, short_names
 
     results = []
     for run in args.runs:
@@ -379,17 +379,20 @@ def _report(args) -> int:
         if not path.is_file():
             raise PgmError(f"{run} has no eval/results.json; run `pgm evaluate {run}` first")
         results.append(json.loads(path.read_text()))
-    md, page = comparison(results)
+    out = Path(args.out)
+    names = [r.get("label") or s for r, s in zip(results, short_names(args.runs))]
+    paired = paired_differences(results, args.runs)
+    figure = plots.save_figure(comparison_figure(results, paired, names), out.with_suffix(".png"))
+    md, page = comparison(results, paired=paired, figure=figure, names=names)
     from pgm.representation import incommensurable
 
     for i, why in incommensurable(results).items():
         print(f"warning: {args.runs[i]}: numbers not comparable with {args.runs[0]}: "
               f"{'; '.join(why)}", file=sys.stderr)
-    out = Path(args.out)
     io.atomic_write_text(out.with_suffix(".md"), md)
     io.atomic_write_text(out.with_suffix(".html"), page)
     print(md)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.html')}")
+    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.html')} and {figure}")
     return 0
 
 

@@ -240,6 +240,7 @@ padding:0 1em;color:#222}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.5em
 table{border-collapse:collapse;font-size:13px;max-width:100%}
 td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td:first-child{white-space:nowrap}
 .wide{overflow-x:auto}.note{background:#f7f6f1;border-left:3px solid #c8b98a;margin:.8em 0;
 padding:.3em .9em;font-size:13px;color:#444}.small{font-size:12px;color:#666}
 .bad{color:#b00;font-weight:bold}img{max-width:100%;margin:1em 0}
@@ -521,6 +522,7 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
               f"it: " + " — ".join(why)) if why else ""
     runs = [f"{n}: {p}" for n, p in zip(names, full) if n != p]
 
+    numbers = range(header.index("log p(x), best (n)"), len(header))
     md = "\n".join(["# Comparison of runs", "", intro, "", _md_table(header, rows), "",
                     *([caveat, ""] if caveat else []),
                     *[f"- {n}" for n in notes], *([""] if notes else []),
@@ -534,7 +536,8 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
                 + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + "</div>")
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>pgm comparison</title>"
             f"<style>{CSS}</style></head><body><h1>Comparison of runs</h1>"
-            f"<p>{html.escape(intro)}</p>{_html_table(header, rows, titles=full)}{note}"
+            f"<p>{html.escape(intro)}</p>"
+            f"{_html_table(header, rows, numeric=numbers, titles=full)}{note}"
             + (_img(figure) if figure is not None else "")
             + "<h2>Every estimator</h2><div class=\"wide\">"
             f"{_html_table(est_header, est_rows, titles=full)}</div>"

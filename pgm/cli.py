@@ -383,7 +383,7 @@ def _report(args) -> int:
     names = [r.get("label") or s for r, s in zip(results, short_names(args.runs))]
     paired = paired_differences(results, args.runs)
     figure = plots.save_figure(comparison_figure(results, paired, names), out.with_suffix(".png"))
-    md, page = comparison(results, paired=paired, figure=figure, names=names)
+    md, page = comparison(results, paired=paired, figure=figure, names=names, paths=args.runs)
     from pgm.representation import incommensurable
 
     for i, why in incommensurable(results).items():

@@ -448,14 +448,16 @@ def _uniform(values: list) -> bool:
 
 
 def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
-               figure: Path | None = None, names: list[str] | None = None) -> tuple[str, str]:
+               figure: Path | None = None, names: list[str] | None = None,
+               paths: list[str] | None = None) -> tuple[str, str]:
     """The comparison of several runs' results.json as markdown and a self-contained HTML page
     that fits a 1280-pixel screen.
 
-    The main table has a row per run (short names; the full path on hover and in the list of
-    runs): what its numbers are densities of, its best log p(x) estimate, its paired
-    difference to the first row (``paired``, from :func:`paired_differences`) and the sample
-    quality; columns equal in every row are said once above it. Below it: a note on rows
+    The main table has a row per run (short names; the full path, ``paths`` or each results'
+    ``run``, on hover and in the list of runs): what its numbers are densities of, its best
+    log p(x) estimate, its paired difference to the first row (``paired``, from
+    :func:`paired_differences`) and the sample quality; columns equal in every row are said
+    once above it. Below it: a note on rows
     whose numbers cannot share a column with the first row's (other test images, binarised
     vs grey values, an unnormalised likelihood, log p(x | y), an unknown representation; their
     cells marked ⚠, the nearest-neighbour and Fréchet ones too, as they are distances in the
@@ -463,7 +465,7 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
     from pgm.representation import short_label
 
     names = names or _names(results)
-    full = [r["run"] for r in results]
+    full = [str(p) for p in paths] if paths else [r["run"] for r in results]
     est_names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
     same_as_elbo = {"elbo", "iwae_1"} <= set(est_names) and all(
         r["estimators"].get("iwae_1") == r["estimators"].get("elbo") for r in results)

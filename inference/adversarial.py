@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pgm import io
+from pgm import io, tracking
 from pgm.config import from_dict, to_dict
 from pgm.device import resolve_device
 from pgm.errors import CheckpointError, TrainingDivergedError
@@ -190,17 +190,26 @@ class EpochEnd(NamedTuple):
 
 def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | None = None,
             resume: bool = False, progress: bool | None = None,
-            on_epoch: Callable[[EpochEnd], None] | None = None, **overrides) -> list[dict]:
+            on_epoch: Callable[[EpochEnd], None] | None = None, log=None,
+            **overrides) -> list[dict]:
     """Train ``gan`` adversarially on ``data.x_train``; return the history rows (one per epoch).
 
     ``fit_gan(gan, data, epochs=5, k=2)`` overrides fields of :class:`GANFitConfig`. With ``out``
     the run directory gets config, weights, checkpoint, history, steps and sample grids each
     epoch; ``resume=True`` continues the run found there. For 1-D data the snapshots are also
     left on ``gan.snapshots`` as ``(x_grid, [snapshot, ...])``. ``on_epoch(EpochEnd)`` is
-    called at the end of every epoch, before the weights are saved.
+    called at the end of every epoch, before the weights are saved. ``log``: experiment
+    tracking of the config and each history row, as in :func:`pgm.fit`.
     """
     cfg = config or GANFitConfig()
     cfg = replace(cfg, **overrides) if overrides else cfg
+    with tracking.opened(log, out, resume=resume) as logger:
+        return _fit_gan(gan, data, cfg, out=out, resume=resume, progress=progress,
+                        on_epoch=on_epoch, log=logger)
+
+
+def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
+             log) -> list[dict]:
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
     x_train, x_valid = data.x_train.to(device), data.x_valid.to(device)
@@ -230,8 +239,11 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
         x_grid = snapshot_grid(gan, data.x_train, cfg.seed) if one_d else torch.zeros(0)
         if one_d:
             snapshots.append(snapshot_1d(gan, x_grid, 0, cfg.seed))
+        config = io.run_config(gan, data, cfg, device, trainer="adversarial")
         if out is not None:
-            io.write_run_config(out, gan, data, cfg, device, trainer="adversarial")
+            io.atomic_write_json(out / io.CONFIG, config)
+        if log is not None:
+            log.log_params(config)
 
     z_fixed = gan.sample_z(64, noise_generator(cfg.seed, FIXED_Z))
     z_eval = gan.sample_z(max(len(x_valid), 1), noise_generator(cfg.seed, FIXED_Z + 10))
@@ -281,6 +293,9 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
         row = {"epoch": epoch + 1, **means, "d_valid": d_valid, "d_gen": d_gen,
                "lr": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
                "seconds": seconds, "save_seconds": 0.0}
+        if log is not None:  # before the checkpoint: a resumed run repeats an unsaved epoch
+            log.log_metrics({k: v for k, v in row.items()
+                             if k not in ("epoch", "save_seconds")}, epoch + 1)
         if on_epoch is not None:
             due = epoch + 1 == cfg.epochs or bool(cfg.sample_every
                                                   and (epoch + 1) % cfg.sample_every == 0)
@@ -350,7 +365,7 @@ def gan_settings_for(data) -> dict:
 
 def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None, seed: int = 0,
               device: str = "auto", resume: bool = False, progress: bool | None = None,
-              on_epoch: Callable[[EpochEnd], None] | None = None, **settings):
+              on_epoch: Callable[[EpochEnd], None] | None = None, log=None, **settings):
     """Build a GAN for ``data`` and train it; return ``(gan, history)``.
 
     ``settings`` are fields of :class:`pgm.models.gan.GANConfig` (``latent_dim``, ``hidden``,
@@ -358,7 +373,8 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     :class:`GANFitConfig` (``lr``, ``k``, ``generator_loss``, ``label_smoothing``, ...); an
     unknown name is a ValueError. Unset model fields get :func:`gan_settings_for`'s defaults.
     ``resume=True`` rebuilds the model from ``out``/config.json and refuses other settings.
-    ``epochs=None`` takes :func:`gan_settings_for`'s number for the data.
+    ``epochs=None`` takes :func:`gan_settings_for`'s number for the data. ``log``: experiment
+    tracking, as in :func:`pgm.fit`.
     """
     from pgm.models.gan import GAN, GANConfig
 
@@ -388,5 +404,5 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     torch.manual_seed(seed)  # the initial weights
     gan = GAN(model_cfg)
     history = fit_gan(gan, data, cfg, out=out, resume=resume, progress=progress,
-                      on_epoch=on_epoch)
+                      on_epoch=on_epoch, log=log)
     return gan, history

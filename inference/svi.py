@@ -16,6 +16,9 @@ draws its noise from (seed, epoch, rank); the validation set is sharded; the epo
 are summed over ranks; a NaN on any rank stops every rank; only rank 0 writes the run
 directory. A run resumes on any number of ranks.
 
+``log`` (opt in) sends the config and every history row to TensorBoard or MLflow
+(:mod:`pgm.tracking`), from rank 0 only.
+
 The loop is written out in full below (nanoGPT style): read it to know what happens.
 """
 
@@ -32,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pgm import distributed as dist
-from pgm import io
+from pgm import io, tracking
 from pgm.config import to_dict
 from pgm.device import resolve_device
 from pgm.errors import TrainingDivergedError
@@ -102,16 +105,25 @@ def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
 
 
 def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None = None,
-        resume: bool = False, progress: bool | None = None, **overrides) -> list[dict]:
+        resume: bool = False, progress: bool | None = None, log=None,
+        **overrides) -> list[dict]:
     """Train ``model`` on ``data`` (a :class:`pgm.data.Dataset`); return the history rows.
 
     ``fit(model, data, epochs=5, lr=3e-4)`` overrides fields of :class:`FitConfig`. With
     ``out`` the run directory gets config, weights, checkpoint, history each epoch;
     ``resume=True`` continues the run found there. The model ends on its best weights.
+    ``log`` sends the config and each epoch's history row to experiment tracking:
+    "tensorboard" or "mlflow" (opened for this call, in ``out``), or a logger from
+    :func:`pgm.tracking.open_logger` that the caller closes (to log figures after).
     """
+    cfg = replace(config or FitConfig(), **overrides) if overrides else (config or FitConfig())
+    with tracking.opened(log, out, resume=resume) as logger:
+        return _fit(model, data, cfg, out=out, resume=resume, progress=progress, log=logger)
+
+
+def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dict]:
     from pgm.data import binarize_dynamic
 
-    cfg = replace(config or FitConfig(), **overrides) if overrides else (config or FitConfig())
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
     world, rank = dist.world_size(), dist.rank()
@@ -149,8 +161,11 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
         io.refuse_existing_run(out)
         pyro.set_rng_seed(cfg.seed)
         model.initialize(x_train, y_train)
+        config = io.run_config(model, data, cfg, device)
         if writes:
-            io.write_run_config(out, model, data, cfg, device)
+            io.atomic_write_json(out / io.CONFIG, config)
+        if log is not None:
+            log.log_params(config)
 
     n, has_valid = len(x_train), len(x_valid) > 0
     if world > 1:  # after init/resume: DDP broadcasts rank 0's weights
@@ -225,6 +240,9 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
         row = {"epoch": epoch + 1, "train_elbo": train_elbo, "valid_elbo": valid_elbo,
                "beta": beta, "lr": lr, "seconds": seconds, "valid_seconds": valid_seconds,
                "checkpoint_seconds": 0.0}
+        if log is not None:  # before the checkpoint: a resumed run repeats an unsaved epoch
+            log.log_metrics({k: v for k, v in row.items()
+                             if k not in ("epoch", "checkpoint_seconds")}, epoch + 1)
         if writes:
             if bad_epochs == 0:
                 io.save_weights(model, out / io.WEIGHTS)

@@ -81,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="vae only: skip the autoencoder trained beside it for the "
                         "interpolation figure")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--log", default=None, choices=("tensorboard", "mlflow", "none"),
+                   help="experiment tracking: the config, each epoch's metrics and the figures "
+                        "to TensorBoard (RUN/tensorboard) or MLflow (RUN/mlflow.db, or "
+                        "--tracking-uri); needs pgm[tensorboard] or pgm[mlflow]. With --resume "
+                        "the default continues what the run logged to; none stops it")
+    t.add_argument("--tracking-uri", default=None,
+                   help="mlflow only: where to log (a server, a database URI; default "
+                        "$MLFLOW_TRACKING_URI, else sqlite RUN/mlflow.db)")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="run directory")
@@ -156,6 +164,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    import contextlib
+
+    from pgm.models import get_model_class
+    from pgm.tracking import open_logger
+
+    if args.model not in TRAINABLE:
+        raise PgmError(f"unknown model {args.model!r}; trainable: {', '.join(TRAINABLE)}")
+    data_name = Path(args.data).stem if Path(args.data).exists() else args.data
+    out = Path(args.out or f"runs/{args.model}-{data_name}")
+    progress = False if args.no_progress else None
+    cls = get_model_class(args.model)
+    if cls.trainer == "adversarial" and distributed.launched():
+        raise PgmError(f"pgm train {args.model} runs in one process; start it without torchrun")
+    logger = open_logger(args.log, out, tracking_uri=args.tracking_uri, resume=args.resume)
+    with logger or contextlib.nullcontext():
+        if cls.trainer == "adversarial":
+            return _train_gan(args, out, progress, logger)
+        return _train_svi(args, out, progress, cls, logger)
+
+
+def _log_figures(logger, figures, history) -> None:
+    if logger is not None:
+        for path in figures:
+            logger.log_figure(path, history[-1]["epoch"] if history else 0)
+
+
+def _train_svi(args, out: Path, progress, cls, logger) -> int:
+    """A model trained by SVI (pgm.fit), and the baseline fitted beside it."""
     import pyro
 
     from pgm import io
@@ -164,17 +200,6 @@ def _train(args) -> int:
     from pgm.inference.svi import FitConfig, fit
     from pgm.models import get_model_class
 
-    if args.model not in TRAINABLE:
-        raise PgmError(f"unknown model {args.model!r}; trainable: {', '.join(TRAINABLE)}")
-    data_name = Path(args.data).stem if Path(args.data).exists() else args.data
-    out = Path(args.out or f"runs/{args.model}-{data_name}")
-    progress = False if args.no_progress else None
-    cls = get_model_class(args.model)
-    if cls.trainer == "adversarial":
-        if distributed.launched():
-            raise PgmError(f"pgm train {args.model} runs in one process; start it without "
-                           "torchrun")
-        return _train_gan(args, out, progress)
     args.epochs = 30 if args.epochs is None else args.epochs
     if args.resume:
         saved = io.read_config(out)
@@ -193,7 +218,7 @@ def _train(args) -> int:
                         lr_schedule=args.lr_schedule, clip_norm=args.clip_norm or None,
                         kl_warmup_epochs=args.kl_warmup, patience=args.patience or None,
                         seed=args.seed, device=args.device)
-    history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress)
+    history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress, log=logger)
     baseline = None
     if model.baseline and not args.no_ae_baseline and data.image_shape is not None:
         ae_out = out / f"{model.baseline}-baseline"
@@ -205,6 +230,7 @@ def _train(args) -> int:
         return 0
     figures = model.write_figures(out, data, history,
                                   **({} if baseline is None else {"baseline": baseline}))
+    _log_figures(logger, figures, history)
     best = max(history, key=lambda r: r["valid_elbo"]) if history else None
     if best is not None:
         print(f"best valid ELBO {best['valid_elbo']:.3f} nats at epoch {best['epoch']} "
@@ -213,7 +239,7 @@ def _train(args) -> int:
     return 0
 
 
-def _train_gan(args, out: Path, progress) -> int:
+def _train_gan(args, out: Path, progress, logger) -> int:
     """The GAN trains adversarially (pgm.inference.adversarial), on grey values."""
     from pgm import io
     from pgm.data import load_dataset
@@ -228,8 +254,9 @@ def _train_gan(args, out: Path, progress) -> int:
 
     gan, history = train_gan(data, out, epochs=epochs, seed=seed, device=args.device,
                              resume=args.resume, progress=progress,
-                             on_epoch=save_epoch_samples, **settings)
+                             on_epoch=save_epoch_samples, log=logger, **settings)
     figures = gan.write_figures(out, data, history)
+    _log_figures(logger, figures, history)
     print(f"trained {len(history)} epochs; D(real) {history[-1]['d_real']:.3f}, "
           f"D(fake) {history[-1]['d_fake']:.3f} (no loss says how good a GAN is: "
           f"look at {out / 'figures'}, or run `pgm evaluate {out}`)")
@@ -347,8 +374,8 @@ def _evaluate(args) -> int:
 def _report(args) -> int:
     import json
 
-    from pgm import io
-    from pgm.report import comparison
+    from pgm import io, plots
+    from pgm.report import comparison, comparison_figure, paired_differences, short_names
 
     results = []
     for run in args.runs:
@@ -356,17 +383,20 @@ def _report(args) -> int:
         if not path.is_file():
             raise PgmError(f"{run} has no eval/results.json; run `pgm evaluate {run}` first")
         results.append(json.loads(path.read_text()))
-    md, page = comparison(results)
+    out = Path(args.out)
+    names = [r.get("label") or s for r, s in zip(results, short_names(args.runs))]
+    paired = paired_differences(results, args.runs)
+    figure = plots.save_figure(comparison_figure(results, paired, names), out.with_suffix(".png"))
+    md, page = comparison(results, paired=paired, figure=figure, names=names, paths=args.runs)
     from pgm.representation import incommensurable
 
     for i, why in incommensurable(results).items():
         print(f"warning: {args.runs[i]}: numbers not comparable with {args.runs[0]}: "
               f"{'; '.join(why)}", file=sys.stderr)
-    out = Path(args.out)
     io.atomic_write_text(out.with_suffix(".md"), md)
     io.atomic_write_text(out.with_suffix(".html"), page)
     print(md)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.html')}")
+    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.html')} and {figure}")
     return 0
 
 

@@ -26,3 +26,7 @@ class CheckpointError(PgmError, RuntimeError):
 
 class TrainingDivergedError(PgmError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class MissingExtraError(PgmError, ImportError):
+    """An optional feature whose package is not installed; the message names the extra."""

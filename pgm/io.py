@@ -166,14 +166,19 @@ def refuse_existing_run(out: Path | None) -> None:
                               "continue it, or choose another output directory")
 
 
-def write_run_config(out: Path, model, data, cfg, device: torch.device, **extra) -> Path:
-    """RUN/config.json: the model's name and config, the data, the fit settings, versions."""
+def run_config(model, data, cfg, device: torch.device, **extra) -> dict:
+    """What RUN/config.json holds: the model's name and config, the data, the fit settings,
+    versions."""
     from .config import to_dict
 
-    return atomic_write_json(out / CONFIG, {
-        "format": RUN_FORMAT, "version": RUN_VERSION, "model": model.name,
-        "model_config": to_dict(model.config), "data": data.describe(), "fit": to_dict(cfg),
-        **extra, "device": str(device), "versions": versions()})
+    return {"format": RUN_FORMAT, "version": RUN_VERSION, "model": model.name,
+            "model_config": to_dict(model.config), "data": data.describe(), "fit": to_dict(cfg),
+            **extra, "device": str(device), "versions": versions()}
+
+
+def write_run_config(out: Path, model, data, cfg, device: torch.device, **extra) -> Path:
+    """RUN/config.json (:func:`run_config`)."""
+    return atomic_write_json(out / CONFIG, run_config(model, data, cfg, device, **extra))
 
 
 def write_history(path: str | Path, rows: list[dict]) -> Path:

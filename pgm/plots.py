@@ -31,6 +31,7 @@ __all__ = [
     "interpolations",
     "latent_scatter",
     "linear_path",
+    "log_px_comparison",
     "manifold",
     "reconstructions",
     "samples",
@@ -488,6 +489,52 @@ def gap_histogram(gaps: Mapping[str, object], *, title=None) -> Figure:
     ax.legend(fontsize=9)
     ax.set_title(title or "per-datapoint gaps", fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
+    """Models side by side: each one's best log p(x) estimate, mean ± SE over the test images
+    (left), and its paired difference to the first row, mean ± SE of the per-image
+    differences (right), which is what ranks them: across images log p(x) varies by tens of
+    nats, so the left error bars overlap where the right ones need not.
+
+    ``best``: per row ``(estimator, mean, se)`` or None; ``paired``: per row ``(mean, se)`` or
+    None (the first row is the reference); rows in ``flagged`` (indices) are not comparable
+    with the first: drawn grey on the left, "not comparable" on the right."""
+    n = len(names)
+    fig = Figure(figsize=(10.0, 1.3 + 0.5 * n), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    grey = "0.6"
+    for i, b in enumerate(best):
+        y, color = -i, grey if i in flagged else _C0
+        if b is not None:
+            name, mean, se = b
+            ax1.errorbar(mean, y, xerr=se, fmt="o", color=color, capsize=3,
+                         mfc="white" if i in flagged else color)
+            ax1.annotate(f"{name} {mean:.1f} ± {se:.1f}", (mean, y), xytext=(0, 6),
+                         textcoords="offset points", ha="center", fontsize=8, color=color)
+        if i == 0:
+            ax2.plot(0, y, "D", color="0.3")
+            ax2.annotate("reference", (0, y), xytext=(0, 6), textcoords="offset points",
+                         ha="center", fontsize=8, color="0.3")
+        elif i in flagged or paired[i] is None:  # in the middle of the panel
+            ax2.text(0.5, y, "not comparable" if i in flagged else "no per-image values",
+                     transform=ax2.get_yaxis_transform(), ha="center", va="center",
+                     fontsize=8, color=grey, style="italic")
+        else:
+            mean, se = paired[i]
+            ax2.errorbar(mean, y, xerr=se, fmt="o", color=_C1, capsize=3)
+            ax2.annotate(f"{mean:+.1f} ± {se:.1f}", (mean, y), xytext=(0, 6),
+                         textcoords="offset points", ha="center", fontsize=8, color=_C1)
+    ax2.axvline(0, color="0.3", lw=1)
+    ax1.set_yticks([-i for i in range(n)], names)
+    ax1.set_ylim(-n + 0.5, 0.6)
+    ax1.set_xlabel("best estimate of log p(x), nats per image (± SE)")
+    ax2.set_xlabel(f"paired difference to {names[0]}, nats per image (± SE)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, axis="x")
+        ax.margins(x=0.15)
+    _suptitle(fig, title or "log p(x) on the same test images")
     return fig
 
 

@@ -4,7 +4,8 @@ On one dataset (mnist5k by default) it trains a VAE and the autoencoder beside i
 mixture, a conditional VAE and a GAN; evaluates every one with the same estimators of log p(x)
 on the same test images; and writes one comparison report under ``runs/quickstart/``:
 ``report.html`` (self-contained: the table and each model's figures), ``report.md``,
-``comparison.json`` (every run's ``eval/results.json``, with the commands that made it) and
+``comparison.json`` (every run's ``eval/results.json``, with the commands that made it),
+``log_px.png`` (each model's best log p(x) and its paired difference to the VAE) and
 ``samples.png`` (a row of samples from each model).
 
 So that one table can hold them all, every model is trained on the same grey values in [0, 1]
@@ -146,61 +147,22 @@ def samples_figure(runs: list[Model], n: int = 10, seed: int = 0):
     return plots.interpolations(rows, tuple(shape), title="samples of every model")
 
 
-def paired_differences(runs: list[Model], results: list[dict]) -> list[list[str]]:
-    """Each run's best log p(x) minus the first run's, image by image on the test images both
-    measured (the first n of the same split): mean ± SE of the differences. Across images
-    log p(x) varies by tens of nats, so only paired differences say which model is better.
-    Rows that cannot share a column with the first (:func:`pgm.representation.incommensurable`)
-    are left out, with the reason."""
-    import math
-
-    import numpy as np
-
-    from pgm.report import best_log_px
-    from pgm.representation import incommensurable
-
-    bad = incommensurable(results)
-    best = [best_log_px(r) for r in results]
-    if not runs or best[0] is None:
-        return []
-    ref = np.load(runs[0].run / "eval" / "per_datapoint.npz")[best[0][0]]
-    rows = []
-    for i, (m, b) in enumerate(zip(runs[1:], best[1:]), 1):
-        if i in bad or b is None:
-            why = "; ".join(bad.get(i, ["no log p(x) estimate"]))
-            rows.append([m.label, "–", f"not comparable: {why}", "–"])
-            continue
-        v = np.load(m.run / "eval" / "per_datapoint.npz")[b[0]]
-        k = min(len(v), len(ref))
-        d = v[:k] - ref[:k]
-        se = d.std(ddof=1) / math.sqrt(k) if k > 1 else math.nan
-        rows.append([m.label, f"{b[0]} − {best[0][0]}", f"{d.mean():+.2f} ± {se:.2f}", str(k)])
-    return rows
-
-
 def write_report(out: str | Path, steps: list[Step]) -> list[Path]:
-    """``report.html``, ``report.md``, ``comparison.json`` and ``samples.png`` over the
-    quickstart's runs."""
+    """``report.html``, ``report.md``, ``comparison.json``, ``log_px.png`` and ``samples.png``
+    over the quickstart's runs."""
     from pgm import plots
-    from pgm.report import CSS, _img, comparison
+    from pgm.report import CSS, _img, comparison, comparison_figure, paired_differences
 
     out = Path(out)
     runs = [m for m in models(out) if (m.run / "eval" / "results.json").is_file()]
     results = [json.loads((m.run / "eval" / "results.json").read_text()) for m in runs]
     for m, r in zip(runs, results):
         r["label"] = m.label
-    md, page = comparison(results)
+    paired = paired_differences(results, [m.run for m in runs])
+    figure = [plots.save_figure(comparison_figure(results, paired), out / "log_px.png")] \
+        if runs else []
+    md, page = comparison(results, paired=paired, figure=figure[0] if figure else None)
     table_html = page.split("<body>", 1)[1].rsplit("</body>", 1)[0]
-    paired = paired_differences(runs, results)
-    if paired:
-        from pgm.report import _html_table, _md_table
-
-        head = ["model", "estimators", f"paired difference to the {runs[0].label} (nats)",
-                "test images"]
-        md += (f"\n## Against the {runs[0].label}, image by image\n\n"
-               + _md_table(head, paired) + "\n")
-        table_html += (f"<h2>Against the {runs[0].label}, image by image</h2>"
-                       + _html_table(head, paired))
     fig = samples_figure(runs) if runs else None
     samples = [plots.save_figure(fig, out / "samples.png")] if fig is not None else []
     table_html += "".join(_img(p) for p in samples)
@@ -224,4 +186,4 @@ def write_report(out: str | Path, steps: list[Step]) -> list[Path]:
                "commands": [s.command() for s in steps], "runs": results}
     return [io.atomic_write_text(out / "report.html", html),
             io.atomic_write_text(out / "report.md", md),
-            io.atomic_write_json(out / "comparison.json", payload), *samples]
+            io.atomic_write_json(out / "comparison.json", payload), *figure, *samples]

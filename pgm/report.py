@@ -235,17 +235,32 @@ def render_markdown(results: dict, figures: list[Path]) -> str:
     return "\n".join(parts)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}
-th{background:#f3f3f3}td:nth-child(3),td:nth-child(4),td:nth-child(5),td:nth-child(6)
-{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00;font-weight:bold}
-img{max-width:100%;margin:1em 0}code{background:#f3f3f3;padding:0 3px}"""
+CSS = """body{font-family:system-ui,sans-serif;font-size:15px;max-width:1200px;margin:1.5em auto;
+padding:0 1em;color:#222}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.5em}
+table{border-collapse:collapse;font-size:13px;max-width:100%}
+td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
+td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td:first-child{white-space:nowrap}
+.wide{overflow-x:auto}.note{background:#f7f6f1;border-left:3px solid #c8b98a;margin:.8em 0;
+padding:.3em .9em;font-size:13px;color:#444}.small{font-size:12px;color:#666}
+.bad{color:#b00;font-weight:bold}img{max-width:100%;margin:1em 0}
+code{background:#f3f3f3;padding:0 3px}"""
 
 
-def _html_table(header, rows) -> str:
+def _html_table(header, rows, *, numeric=None, titles=None) -> str:
+    """A table; cells in the ``numeric`` columns (indices; default: after the first) align
+    right on one line; ``titles`` are the first cells' hover texts (e.g. full paths)."""
+    numeric = range(1, len(header)) if numeric is None else numeric
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
+
+    def cell(j, c, title):
+        attrs = (' class="num"' if j in numeric else "") + (
+            f' title="{html.escape(title)}"' if title and j == 0 else "")
+        return f"<td{attrs}>{html.escape(c)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(j, c, titles[i] if titles else None)
+                                    for j, c in enumerate(r)) + "</tr>"
+                   for i, r in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -264,10 +279,23 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
             f"<code>{results['split']}</code>, n = {results['n']}, device "
             f"<code>{html.escape(results['device'])}</code>, pgm {results['versions']['pgm']}. "
             "Values are nats per datapoint; SE is the standard error across datapoints.")
+    about = ""
+    rep, best = results.get("representation"), best_log_px(results)
+    if best is not None:
+        about += (f"<p>Best estimate of {html.escape((rep or {}).get('quantity', 'log p(x)'))}"
+                  f": <b>{html.escape(best[0])} {_cell(best[1])}</b>.</p>")
+    if rep is not None:
+        about += (f"<p>Data: {html.escape(rep['values'])} (binarize <code>"
+                  f"{html.escape(rep['binarize'])}</code>), so values are a "
+                  f"{html.escape(rep['density'])}; observation model: "
+                  f"{html.escape(rep['observation'])}.</p>")
+    if results["config"].get("preset"):
+        about += f"<p>Protocol preset: <code>{html.escape(results['config']['preset'])}</code>.</p>"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
             f"{html.escape(title or results['run'])}</title><style>{CSS}</style></head><body>"
-            f"<h1>log p(x) report: {html.escape(results['run'])}</h1><p>{meta}</p>"
-            f"{_html_table(HEADER, table_rows(results))}<h2>Bound order</h2>"
+            f"<h1>log p(x) report: {html.escape(results['run'])}</h1><p>{meta}</p>{about}"
+            f"{_html_table(HEADER, table_rows(results), numeric=(2, 3, 4, 5))}"
+            f"<h2>Bound order</h2>"
             f"<ul>{checks or '<li>nothing to check</li>'}</ul>"
             + "".join(_img(f) for f in figures) + "</body></html>")
 
@@ -335,53 +363,186 @@ def comparison_notes(results: list[dict], names: list[str]) -> tuple[dict[int, l
     return bad, notes
 
 
-def comparison(results: list[dict]) -> tuple[str, str]:
-    """One table over several runs' results.json: each estimator's mean ± SE (n), the best
-    log p(x) estimate, and the data representation and observation model of each row.
+def short_names(paths: list[str]) -> list[str]:
+    """The fewest last path components that tell the runs apart:
+    ``runs/q/vae, runs/q/vae/ae-baseline, runs/q/gmm`` -> ``vae, ae-baseline, gmm``."""
+    parts = [Path(p).parts or (str(p),) for p in paths]
+    for k in range(1, max((len(x) for x in parts), default=0) + 1):
+        names = ["/".join(x[-k:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
 
-    Rows whose numbers cannot share a column with the first row's (other test images,
-    binarised vs grey values, an unnormalised likelihood, an unknown representation) have
-    their cells marked ⚠ and the reasons listed above the table; the nearest-neighbour and
-    Fréchet columns are marked too, as they are distances in the rows' own data."""
+
+def paired_differences(results: list[dict], run_dirs: list[str | Path]) -> list[dict | None]:
+    """Each row's best log p(x) minus the first row's, image by image on the test images both
+    measured (the first n of the same split), from each run's ``eval/per_datapoint.npz``:
+    ``{"mean", "se", "n", "estimators"}``. Across images log p(x) varies by tens of nats, so
+    only paired differences say which model is better. A row that cannot share a column
+    with the first (:func:`pgm.representation.incommensurable`) gets ``{"why": reasons}``; the
+    first row, and a row whose per-datapoint values are missing, get None."""
+    from pgm.representation import incommensurable
+
+    def values(run_dir, name):
+        path = Path(run_dir) / "eval" / "per_datapoint.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as npz:
+            return npz[name] if name in npz.files else None
+
+    bad = incommensurable(results)
+    best = [best_log_px(r) for r in results]
+    ref = values(run_dirs[0], best[0][0]) if results and best[0] else None
+    rows: list[dict | None] = [None]
+    for i, (run_dir, b) in enumerate(zip(run_dirs[1:], best[1:]), 1):
+        v = None if b is None or ref is None else values(run_dir, b[0])
+        if i in bad:
+            rows.append({"why": bad[i]})
+        elif v is None:
+            rows.append(None)
+        else:
+            k = min(len(v), len(ref))
+            d = v[:k].astype(np.float64) - ref[:k]
+            se = float(d.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan
+            rows.append({"mean": float(d.mean()), "se": se, "n": k,
+                         "estimators": f"{b[0]} − {best[0][0]}"})
+    return rows
+
+
+def comparison_figure(results: list[dict], paired: list[dict | None] | None = None,
+                      names: list[str] | None = None):
+    """Each row's best log p(x), mean ± SE, beside its paired difference to the first row
+    (:func:`paired_differences`), as a matplotlib Figure."""
+    from pgm.representation import incommensurable
+
+    names = names or _names(results)
+    best = [best_log_px(r) for r in results]
+    paired = paired or [None] * len(results)
+    return plots.log_px_comparison(
+        names, [None if b is None else (b[0], b[1]["mean"], b[1]["se"]) for b in best],
+        [None if p is None or "why" in p else (p["mean"], p["se"]) for p in paired],
+        flagged=set(incommensurable(results)) - {0})
+
+
+def _names(results: list[dict]) -> list[str]:
+    """A row's label (the quickstart's "VAE", ...), else the short form of its run path."""
+    short = short_names([r["run"] for r in results])
+    return [r.get("label") or s for r, s in zip(results, short)]
+
+
+def _observation(rep: dict | None) -> str:
+    """'explicit view N(mean, s^2 I), s=0.144435 chosen on ...' -> 'explicit view, s=0.144'."""
+    obs = (rep or {}).get("observation", "unknown")
+    if obs.startswith("explicit view"):
+        sigma = obs.split("s=", 1)[1].split()[0] if "s=" in obs else "?"
+        try:
+            sigma = f"{float(sigma.rstrip(',')):.3g}"
+        except ValueError:
+            pass
+        return f"explicit view, s={sigma}"
+    return obs
+
+
+def _uniform(values: list) -> bool:
+    return len(values) > 1 and len({repr(v) for v in values}) == 1
+
+
+def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
+               figure: Path | None = None, names: list[str] | None = None,
+               paths: list[str] | None = None) -> tuple[str, str]:
+    """The comparison of several runs' results.json as markdown and a self-contained HTML page
+    that fits a 1280-pixel screen.
+
+    The main table has a row per run (short names; the full path, ``paths`` or each results'
+    ``run``, on hover and in the list of runs): what its numbers are densities of, its best
+    log p(x) estimate, its paired difference to the first row (``paired``, from
+    :func:`paired_differences`) and the sample quality; columns equal in every row are said
+    once above it. Below it: a note on rows
+    whose numbers cannot share a column with the first row's (other test images, binarised
+    vs grey values, an unnormalised likelihood, log p(x | y), an unknown representation; their
+    cells marked ⚠, the nearest-neighbour and Fréchet ones too, as they are distances in the
+    rows' own data), ``figure`` (a PNG, embedded), and a table of every estimator."""
     from pgm.representation import short_label
 
-    names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
+    names = names or _names(results)
+    full = [str(p) for p in paths] if paths else [r["run"] for r in results]
+    est_names = sorted({n for r in results for n in r["estimators"]}, key=_sort_key)
+    same_as_elbo = {"elbo", "iwae_1"} <= set(est_names) and all(
+        r["estimators"].get("iwae_1") == r["estimators"].get("elbo") for r in results)
+    if same_as_elbo:  # one estimate, one column
+        est_names.remove("iwae_1")
     quality = any("sample_quality" in r for r in results)
-    bad, notes = comparison_notes(results, names)
-    header = ["run", "dataset", "data", "observation", "log p(x) (best)", *names]
-    if quality:
-        header += ["NN distance samples/test", "Fréchet (samples vs train)"]
-    rows = []
+    bad, notes = comparison_notes(results, est_names)
+    mark = ["⚠ " if i in bad else "" for i in range(len(results))]
+    reps = [r.get("representation") or {} for r in results]
+
+    columns = {"dataset": [r["dataset"] for r in results],
+               "data": [short_label(r) for r in results],
+               "observation": [_observation(rep) for rep in reps]}
+    shared = {k: v[0] for k, v in columns.items() if _uniform(v) and k != "observation"}
+    header = ["run", *[k for k in columns if k not in shared], "log p(x), best (n)"]
+    best = [best_log_px(r) for r in results]
+    rows = [[names[i], *[columns[k][i] for k in columns if k not in shared],
+             mark[i] + (f"{b[0]}: {_cell(b[1])}" if b else "–")] for i, b in enumerate(best)]
+    if paired is not None and any(p is not None for p in paired):
+        header.append(f"paired − {names[0]}")
+        for i, (row, p) in enumerate(zip(rows, paired)):
+            row.append("reference" if i == 0 else "–" if p is None else "⚠ not comparable"
+                       if "why" in p else f"{p['mean']:+.2f} ± {_fmt(p['se'])} ({p['n']})")
+    if quality:  # distances in other data (or another classifier's features) too
+        q = [r.get("sample_quality") for r in results]
+        tests = [x["frechet"]["test_vs_train"] for x in q if x]
+        one_test = _uniform(tests) or len(tests) == 1
+        header += ["NN ratio", "Fréchet" + (f" (test: {tests[0]:.2f})" if one_test else "")]
+        for i, (row, x) in enumerate(zip(rows, q)):
+            fd = x and x["frechet"]
+            row += ["–", "–"] if x is None else [
+                f"{mark[i]}{x['nearest_neighbour']['ratio']:.2f}",
+                f"{mark[i]}{fd['samples_vs_train']:.2f}"
+                + ("" if one_test else f" (test: {fd['test_vs_train']:.2f})")]
+
+    est_n = {n: [r["estimators"][n]["n"] for r in results if n in r["estimators"]]
+             for n in est_names}
+    est_header = ["run"] + [n + (" = iwae_1" if n == "elbo" and same_as_elbo else "")
+                            + (f" (n={est_n[n][0]})" if len(set(est_n[n])) == 1 else "")
+                            for n in est_names]
+    est_rows = []
     for i, r in enumerate(results):
-        mark = "⚠ " if i in bad else ""
-        best = best_log_px(r)
-        cells = [mark + (f"{best[0]}: {_cell(best[1])}" if best else "–")]
-        cells += [mark + _cell(r["estimators"].get(n)) if n in r["estimators"] else "–"
-                  for n in names]
-        if quality:  # distances in other data (or another classifier's features) too
-            q = r.get("sample_quality")
-            fd = q and q["frechet"]
-            cells += ["–", "–"] if q is None else [
-                f"{mark}{q['nearest_neighbour']['ratio']:.2f}",
-                f"{mark}{fd['samples_vs_train']:.2f} (test: {fd['test_vs_train']:.2f})"]
-        rep = r.get("representation") or {}
-        rows.append([r["run"], r["dataset"], short_label(r), rep.get("observation", "unknown"),
-                     *cells])
-    warn = [f"- ⚠ {results[i]['run']}: {'; '.join(why)}" for i, why in bad.items()]
-    intro = "nats per datapoint, mean ± SE (n)"
-    if bad:
-        intro = ("**NOT COMMENSURABLE: the numbers of the rows marked ⚠ are not comparable "
-                 "with the first row's.**\n\n" + "\n".join(warn) + "\n\n" + intro)
-    md = ("# Comparison of runs\n\n" + intro + "\n\n" + _md_table(header, rows) + "\n"
-          + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
-    items = "".join(f"<li class=\"bad\">{html.escape(w[2:])}</li>" for w in warn)
+        cells = []
+        for n in est_names:
+            s = r["estimators"].get(n)
+            cells.append("–" if s is None else mark[i] + f"{s['mean']:.2f} ± {_fmt(s['se'])}"
+                         + ("" if len(set(est_n[n])) == 1 else f" ({s['n']})"))
+        est_rows.append([names[i], *cells])
+
+    intro = "Nats per test image, mean ± SE over the images (n)."
+    if shared:
+        intro += " Every row: " + ", ".join(f"{k} {v}" if k == "dataset" else v
+                                            for k, v in shared.items()) + "."
+    why = [f"{names[i]}: {'; '.join(reasons)}" for i, reasons in bad.items()]
+    caveat = (f"⚠ Not commensurable with the first row ({names[0]}), so not ranked against "
+              f"it: " + " — ".join(why)) if why else ""
+    runs = [f"{n}: {p}" for n, p in zip(names, full) if n != p]
+
+    numbers = range(header.index("log p(x), best (n)"), len(header))
+    md = "\n".join(["# Comparison of runs", "", intro, "", _md_table(header, rows), "",
+                    *([caveat, ""] if caveat else []),
+                    *[f"- {n}" for n in notes], *([""] if notes else []),
+                    *([f"![best log p(x) and paired differences]({figure.name})", ""]
+                      if figure is not None else []),
+                    "## Every estimator", "", _md_table(est_header, est_rows), "",
+                    *(["Runs: " + "; ".join(runs), ""] if runs else [])])
+    note = ""
+    if caveat or notes:
+        note = ("<div class=\"note\">" + (f"<p>{html.escape(caveat)}</p>" if caveat else "")
+                + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + "</div>")
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>pgm comparison</title>"
             f"<style>{CSS}</style></head><body><h1>Comparison of runs</h1>"
-            + (f"<p class=\"bad\">NOT COMMENSURABLE: the numbers of the rows marked &#9888; "
-               f"are not comparable with the first row's.</p><ul>{items}</ul>"
-               if bad else "")
-            + "<p>nats per datapoint, mean &plusmn; SE (n)</p>"
-            f"{_html_table(header, rows)}"
-            + ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
-               if notes else "") + "</body></html>")
+            f"<p>{html.escape(intro)}</p>"
+            f"{_html_table(header, rows, numeric=numbers, titles=full)}{note}"
+            + (_img(figure) if figure is not None else "")
+            + "<h2>Every estimator</h2><div class=\"wide\">"
+            f"{_html_table(est_header, est_rows, titles=full)}</div>"
+            + (f"<p class=\"small\">Runs: {html.escape('; '.join(runs))}</p>" if runs else "")
+            + "</body></html>")
     return md, page

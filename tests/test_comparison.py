@@ -4,8 +4,14 @@ likelihoods cannot share a column are flagged, never silently tabulated together
 import pytest
 
 import pgm
-from pgm.models import GAN, GMM, VAE
-from pgm.report import best_log_px, comparison
+from pgm.models import CVAE, GAN, GMM, VAE
+from pgm.report import (
+    best_log_px,
+    comparison,
+    comparison_figure,
+    paired_differences,
+    short_names,
+)
 from pgm.representation import fingerprint, incommensurable, representation
 
 
@@ -48,7 +54,7 @@ def test_commensurable_rows_are_not_flagged(grey):
             _results("gan", grey, GAN(data_dim=64, latent_dim=2), 0.1, ais=(-70.0, 100))]
     assert incommensurable(rows) == {}
     md, page = comparison(rows)
-    assert "NOT COMMENSURABLE" not in md and "⚠" not in md
+    assert "Not commensurable" not in md and "⚠" not in md
     assert "different observation models" not in md  # each its own sigma: the same protocol
     assert "grey values, log-density" in md and "| exact: -60.00 ± 0.50 (100)" in md
     assert "<table>" in page
@@ -67,7 +73,14 @@ def test_binarised_rows_other_images_and_old_results_are_flagged(grey, binary):
     assert "cannot verify" in bad[2][0]
     assert "other test images" in bad[3][0]
     md, page = comparison(rows)
-    assert "NOT COMMENSURABLE" in md and md.count("⚠ ais: ") == 2 and "NOT COMMENSURABLE" in page
+    assert md.count("⚠ ais: ") == 2
+    # the reasons come after the table, as a note, in both
+    for text in (md, page):
+        assert text.index("<table>" if text is page else "| run") < text.index(
+            "⚠ Not commensurable with the first row (gan)") < text.index("Every estimator")
+        assert "vae-bin: binary (stochastic), log-probability" not in text  # reasons, in words
+        assert "log-probability (discrete) vs log-density (continuous)" in text
+    assert 'class="bad"' not in page  # a calm note, not a red banner
 
 
 def test_best_estimate_and_unequal_test_sets_are_noted(grey):
@@ -114,7 +127,11 @@ def test_cli_explicit_view_and_report_flag(tmp_path, capsys, binary):
     capsys.readouterr()
     assert main(["report", grey, str(tmp_path / "bin"), "--out", str(tmp_path / "cmp")]) == 0
     out, err = capsys.readouterr()
-    assert "NOT COMMENSURABLE" in out and f"warning: {tmp_path / 'bin'}" in err
+    assert "Not commensurable" in out and f"warning: {tmp_path / 'bin'}" in err
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"  # the figure, embedded
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.count("data:image/png;base64,") == 1
+    assert f'<td title="{grey}">grey</td>' in page  # short name, full path on hover
 
 
 def test_a_conditional_row_is_flagged_beside_unconditional_ones(grey):
@@ -126,3 +143,49 @@ def test_a_conditional_row_is_flagged_beside_unconditional_ones(grey):
     assert rows[1]["representation"]["quantity"].startswith("log p(x | y)")
     assert "log p(x | y)" in " ".join(incommensurable(rows)[1])
     assert incommensurable(rows[1:]) == {}  # two conditional rows compare
+
+
+def test_short_names_keep_the_last_components_that_differ():
+    assert short_names(["runs/q/vae", "runs/q/vae/ae-baseline", "runs/q/gmm"]) == [
+        "vae", "ae-baseline", "gmm"]
+    assert short_names(["a/x/run", "b/x/run"]) == ["a/x/run", "b/x/run"]
+    assert short_names(["a/one/vae", "b/two/vae"]) == ["one/vae", "two/vae"]
+
+
+def test_paired_differences_figure_and_page_from_run_directories(tmp_path, grey):
+    """Three runs on the same images: paired differences image by image, the figure, and a
+    page whose main table is narrow (no estimator columns) with each run's path on hover."""
+    import numpy as np
+
+    from pgm import plots
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(-50, 10, size=20)  # images differ by tens of nats
+    values = {"vae": base, "gmm": base - 3 + rng.normal(0, 0.5, 20), "cvae": base + 5}
+    models = {"vae": VAE(data_dim=64), "gmm": GMM(data_dim=64), "cvae": CVAE(data_dim=64,
+                                                                             n_classes=10)}
+    results, dirs = [], []
+    for name, v in values.items():
+        run = tmp_path / "runs" / name
+        (run / "eval").mkdir(parents=True)
+        np.savez(run / "eval" / "per_datapoint.npz", index=np.arange(20), ais=v)
+        r = _results(str(run), grey, models[name], 0.1, ais=(float(v.mean()), 20))
+        r["estimators"]["ais"]["se"] = float(v.std(ddof=1) / np.sqrt(20))
+        results.append(r)
+        dirs.append(run)
+    paired = paired_differences(results, dirs)
+    d = values["gmm"] - values["vae"]
+    assert paired[0] is None and "why" in paired[2]  # the reference; log p(x | y)
+    assert paired[1]["n"] == 20 and paired[1]["mean"] == pytest.approx(d.mean())
+    assert paired[1]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(20))
+    assert paired[1]["se"] < 0.2 * results[1]["estimators"]["ais"]["se"]  # paired is sharper
+    figure = plots.save_figure(comparison_figure(results, paired), tmp_path / "log_px.png")
+    md, page = comparison(results, paired=paired, figure=figure)
+    header = next(line for line in md.splitlines() if line.startswith("| run"))
+    assert header == ("| run | observation | log p(x), best (n) | paired − vae |")
+    assert f"| gmm | explicit view, s=0.1 | ais: {results[1]['estimators']['ais']['mean']:.2f}" \
+        in md and f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(20):.2f} (20) |" in md
+    assert "| cvae | explicit view, s=0.1 | ⚠ ais:" in md and "⚠ not comparable" in md
+    assert "Every row: dataset digits, grey values, log-density." in md
+    assert f'<td title="{dirs[1]}">gmm</td>' in page and f"gmm: {dirs[1]}" in md
+    assert "data:image/png;base64," in page and "![best log p(x)" in md

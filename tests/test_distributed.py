@@ -134,7 +134,7 @@ def _train_with_the_cli(tmp: Path):
     with open(tmp / f"stdout-{distributed.rank()}.txt", "w") as f, contextlib.redirect_stdout(f):
         code = main(["train", "vae", "--data", "digits", "--epochs", "1", "--hidden", "16",
                      "--no-ae-baseline", "--no-progress", "--device", "cpu",
-                     "--out", str(tmp / "cli")])
+                     "--out", str(tmp / "cli"), "--log", "tensorboard"])
     assert code == 0
 
 
@@ -222,8 +222,16 @@ def test_train_and_evaluate_on_two_ranks_write_a_single_process_run_directory(ra
     assert "run directory:" in (ranks / "stdout-0.txt").read_text()
     assert (ranks / "stdout-1.txt").read_text() == ""  # rank 0 alone prints
     assert {p.name for p in run.iterdir()} == {"config.json", "model.safetensors",
-                                               "checkpoint.pt", "history.csv", "figures"}
+                                               "checkpoint.pt", "history.csv", "figures",
+                                               "tensorboard", "tracking.json"}
     assert len(pgm.load_run(run).history) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((run / "tensorboard").iterdir())) == 1  # rank 0 alone logs
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("valid_elbo")] == [
+        (1, pytest.approx(pgm.load_run(run).history[0]["valid_elbo"], rel=1e-6))]
     done = _torchrun("evaluate", str(run), "--n", "20", "--k", "1,25", "--ais-steps", "10",
                      "--ais-n", "4", "--batch-size", "5", "--no-exact", "--no-progress")
     assert done.returncode == 0, done.stderr

@@ -36,9 +36,11 @@ def test_every_model_is_trained_evaluated_and_in_one_report(quickstart):
     assert all("sample_quality" in r for r in payload["runs"])
     assert (quickstart / "samples.png").read_bytes()[:4] == b"\x89PNG"
     html = (quickstart / "report.html").read_text()
-    assert html.count("<img") >= 6 and "pgm train vae" in html
+    assert html.count("<img") >= 7 and "pgm train vae" in html
+    assert (quickstart / "log_px.png").read_bytes()[:4] == b"\x89PNG"
     md = (quickstart / "report.md").read_text()
-    assert "| ais | exact |" in md and "log p(x | y)" in md  # the CVAE's row is flagged
+    assert "| ais (n=10) | exact (n=10) |" in md and "log p(x | y)" in md  # the CVAE's flagged
+    assert "| autoencoder | explicit view" in md and "| paired − VAE |" in md
     assert all(f"## {label}" in md for label in labels)
 
 

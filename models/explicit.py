@@ -116,7 +116,8 @@ def _iwae_sigma(view, x: torch.Tensor, y, K: int) -> float:
 
 
 def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_steps: int = 100,
-              ais_chains: int = 4, pilot_chains: int = 4, max_iter: int = 4,
+              ais_chains: int = 4, pilot_chains: int = 4, num_leapfrog: int = 10,
+              max_iter: int = 4,
               rtol: float = 0.02,
               sigma0: float | None = None, batch_size: int = 100, seed: int = 0,
               y_valid: torch.Tensor | None = None) -> SigmaChoice:
@@ -172,8 +173,8 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
                 torch.manual_seed(seed * 1_000_003 + lo)
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + lo + 1)
                 est = ais(latent_callables(view, yb), xb, schedule=sigmoid_schedule(ais_steps),
-                          num_chains=ais_chains, pilot_chains=pilot_chains, initial=initial,
-                          generator=gen)
+                          num_chains=ais_chains, pilot_chains=pilot_chains,
+                          num_leapfrog=num_leapfrog, initial=initial, generator=gen)
                 per.append(est.per_datapoint)
                 z = est.extra["z_final"].to(device)  # (C, b, L); with the weights: p(z|x)
                 w = torch.softmax(est.extra["log_weights"], dim=0).to(device)  # (C, b)

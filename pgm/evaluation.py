@@ -424,7 +424,8 @@ def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject
         from pgm.models.explicit import fit_sigma
 
         choice = fit_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
-                           pilot_chains=cfg.ais_pilot_chains, seed=cfg.seed,
+                           pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
+                           seed=cfg.seed,
                            y_valid=data.y_valid)
         sigma = choice.sigma
         model = base.explicit_view(sigma).to(device).eval()

@@ -125,7 +125,7 @@ class _NoiseScale(Gaussian):
 
     @property
     def scale(self) -> float:
-        return float(self._owner[0].sigma)
+        return self._owner[0].sigma.item()
 
     def __call__(self, h):
         return dist.Normal(h, self._owner[0].sigma.expand_as(h)).to_event(1)

@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--particles", type=int, default=1,
                    help="samples per datapoint (K of the iwae bound; default 1)")
     t.add_argument("--epochs", type=int, default=None,
-                   help="number of epochs (default 30; ppca: 200 EM steps; gan: 100 on "
-                        "images, 40 on 1-D data)")
+                   help="number of epochs (default 30; gmm: 100; ppca: 200 EM steps; gan: "
+                        "100 on images, 40 on 1-D data)")
     t.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
     t.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default 1e-3; 1e-2 for gmm and ppca)")

@@ -304,3 +304,18 @@ def test_early_stopping_waits_for_min_epochs(min_epochs, expected):
     history = fit(gmm, _dataset(x[:200], x[200:]), epochs=6, lr=1e-30, patience=1,
                   min_epochs=min_epochs, progress=False)
     assert len(history) == expected
+
+
+def test_em_run_resumes_to_the_unbroken_result(tmp_path):
+    x = _mixture_data(500, seed=5)
+    data = _dataset(x[:400], x[400:])
+    whole = GMM(data_dim=2, components=3, likelihood="gaussian")
+    fit(whole, data, objective="em", epochs=4, patience=None, out=tmp_path / "a", progress=False)
+    broken = GMM(data_dim=2, components=3, likelihood="gaussian")
+    fit(broken, data, objective="em", epochs=2, patience=None, out=tmp_path / "b",
+        progress=False)
+    resumed = GMM(data_dim=2, components=3, likelihood="gaussian")
+    fit(resumed, data, objective="em", epochs=4, patience=None, out=tmp_path / "b",
+        resume=True, progress=False)
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -13,6 +13,9 @@ r"""Training objectives: callables ``loss(x, y, beta) -> scalar``, the negative 
   (2015), which is :class:`~pyro.infer.RenyiELBO` with ``alpha=0``; computed from the plain
   distributions with K vectorized particles (equal to RenyiELBO's value and gradient,
   tested), since RenyiELBO has no differentiable loss to put in a module.
+- ``iwae-dreg``: the same bound and value, with the doubly-reparameterized gradient of
+  Tucker, Lawson, Gu & Maddison (2019) for the encoder (:func:`iwae_dreg_surrogate`); the
+  decoder's gradient is IWAE's own.
 
 KL warm-up multiplies the latent sites' log-densities by beta: a Pyro messenger
 (:class:`ScaleLatents`) on the Pyro paths, the same factor on the fast paths.
@@ -29,7 +32,7 @@ from pyro.poutine.messenger import Messenger
 
 from pgm.errors import UnknownNameError
 
-OBJECTIVES = ("elbo", "elbo-analytic", "iwae")
+OBJECTIVES = ("elbo", "elbo-analytic", "iwae", "iwae-dreg")
 
 Loss = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 
@@ -62,6 +65,48 @@ def reparam_log_weights(model, x, y=None, num_particles: int = 1, beta: float = 
     return log_px_z + beta * (model.prior(x.shape[0], y).log_prob(z) - q.log_prob(z))
 
 
+def iwae_dreg_surrogate(model, x, y=None, num_particles: int = 1, beta: float = 1.0):
+    r"""(B,) a surrogate whose value is the IWAE bound and whose gradient is DReG's.
+
+    With :math:`z_k = g_\phi(\epsilon_k)`, :math:`\log w_k = \log p_\theta(x | z_k) +
+    \beta(\log p_\theta(z_k) - \log q_\phi(z_k|x))` and normalised weights
+    :math:`\tilde w_k = w_k / \sum_j w_j`, the gradients are
+
+    .. math::
+
+        \nabla_\theta = \sum_k \tilde w_k\, \nabla_\theta \log w_k \quad\text{(IWAE's)},
+        \qquad
+        \nabla_\phi = \sum_k \tilde w_k^2\, \frac{\partial \log w_k}{\partial z_k}
+        \frac{\partial z_k}{\partial \phi} \quad\text{(DReG)},
+
+    where the encoder's gradient reaches :math:`\phi` only through :math:`z_k` (the
+    variational parameters inside log q are held fixed: their score term has mean zero and
+    is dropped). Both are unbiased for the IWAE bound's gradient (Tucker et al. 2019, eq. 6).
+
+    One forward pass gives both: log q at the fixed parameters is
+    :math:`\log q(z) - \log q(\bar z) + \mathrm{sg}[\log q(\bar z)]` (:math:`\bar z`: z
+    with its gradient stopped; the difference's parameter gradients cancel), and the
+    decoder's and prior's input is a copy of z whose backward gradient is multiplied by
+    :math:`\tilde w_k` (a tensor hook), so that
+    :math:`\sum_k \tilde w_k \log p_\theta(x, z_k) - \beta\,\tilde w_k^2 \log q` has
+    the gradients above.
+    """
+    q = model.encode(x, y)
+    z = q.rsample((num_particles,))  # (K, B, L)
+    z_bar = z.detach()
+    log_q_bar = q.log_prob(z_bar)
+    log_q = q.log_prob(z) - log_q_bar + log_q_bar.detach()  # fixed variational parameters
+    z_p = z.clone()  # the decoder's and prior's copy of z
+    log_p = model.decode(z_p, y).log_prob(x) + beta * model.prior(x.shape[0], y).log_prob(z_p)
+    log_w = log_p - beta * log_q  # (K, B)
+    w = torch.softmax(log_w.detach(), 0)
+    if z_p.requires_grad:
+        z_p.register_hook(lambda g: g * w.unsqueeze(-1))
+    bound = torch.logsumexp(log_w.detach(), 0) - math.log(num_particles)
+    surrogate = (w * log_p - w.pow(2) * beta * log_q).sum(0)
+    return surrogate - surrogate.detach() + bound
+
+
 def make_objective(model, objective: str = "elbo", num_particles: int = 1, *,
                    use_pyro: bool = False) -> Loss:
     """The loss for ``objective``: mean over the batch of the negative bound, in nats."""
@@ -69,10 +114,13 @@ def make_objective(model, objective: str = "elbo", num_particles: int = 1, *,
         raise UnknownNameError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    if objective == "iwae":
+    if objective in ("iwae", "iwae-dreg"):
         if not fast_path(model):
-            raise ValueError(f"the iwae objective needs plain reparameterized distributions; "
-                             f"{type(model).__name__} has none")
+            raise ValueError(f"the {objective} objective needs plain reparameterized "
+                             f"distributions; {type(model).__name__} has none")
+        if objective == "iwae-dreg":
+            return lambda x, y=None, beta=1.0: -iwae_dreg_surrogate(
+                model, x, y, num_particles, beta).mean()
 
         def iwae_loss(x, y=None, beta=1.0):
             log_w = reparam_log_weights(model, x, y, num_particles, beta)

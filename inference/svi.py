@@ -1,7 +1,10 @@
 r"""``fit()``: the one training loop for every model/guide pair.
 
-Maximises a bound on :math:`\log p(x)` (``elbo``, ``elbo-analytic`` or ``iwae``; see
-:mod:`pgm.inference.objectives`) with Adam over ``model.parameters()``, minibatches sliced
+Maximises a bound on :math:`\log p(x)` (``elbo``, ``elbo-analytic``, ``iwae`` or
+``iwae-dreg``; see :mod:`pgm.inference.objectives`) with Adam over ``model.parameters()``,
+or, with ``objective="em"`` for a model that declares ``closed_form_em`` (the GMM), one
+closed-form EM step on the whole training set per epoch in place of the minibatches
+(same validation, early stopping, checkpoints and resume); minibatches sliced
 from tensors that live on the device, optional KL warm-up (beta rising linearly to 1),
 a learning-rate schedule, gradient clipping, a validation ELBO each epoch, early stopping
 with best-weights restore, and -- given a run directory -- an atomic checkpoint each epoch
@@ -47,7 +50,7 @@ LR_SCHEDULES = ("constant", "cosine", "exponential")
 
 @dataclass
 class FitConfig:
-    objective: str = "elbo"  # "elbo", "elbo-analytic" or "iwae"
+    objective: str = "elbo"  # "elbo", "elbo-analytic", "iwae", "iwae-dreg" or "em"
     num_particles: int = 1  # samples per datapoint (K of the IWAE bound)
     epochs: int = 30
     batch_size: int = 128
@@ -57,6 +60,7 @@ class FitConfig:
     clip_norm: float | None = 100.0  # max gradient norm; None turns clipping off
     kl_warmup_epochs: int = 0  # beta = min(1, epoch / kl_warmup_epochs)
     patience: int | None = 10  # stop after this many epochs without a better valid ELBO
+    min_epochs: int | None = None  # never stop before this epoch; None: the model's default
     seed: int = 0
     device: str = "auto"
     use_pyro_elbo: bool = False  # force Pyro's Trace_ELBO even where the fast path applies
@@ -141,7 +145,16 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
         model.check_data(x_valid, "validation data")
     model.to(device).train()
 
-    loss_fn = make_objective(model, cfg.objective, cfg.num_particles, use_pyro=cfg.use_pyro_elbo)
+    em = cfg.objective == "em"
+    if em and not getattr(model, "closed_form_em", False):
+        raise ValueError(f"objective 'em' needs a model with closed-form EM steps; "
+                         f"{type(model).__name__} has none")
+    if em and world > 1:
+        raise ValueError("objective 'em' runs in one process; start it without torchrun")
+    loss_fn = None if em else make_objective(model, cfg.objective, cfg.num_particles,
+                                             use_pyro=cfg.use_pyro_elbo)
+    min_epochs = getattr(model, "default_min_epochs", 0) if cfg.min_epochs is None \
+        else cfg.min_epochs
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _scheduler(opt, cfg)
     history: list[dict] = []
@@ -172,7 +185,8 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
         loss_fn = dist.data_parallel(model, loss_fn)
         x_valid = dist.shard(x_valid)
         y_valid = None if y_valid is None else dist.shard(y_valid)
-    if cfg.patience is not None and bad_epochs >= cfg.patience:  # resumed a run that had stopped
+    if cfg.patience is not None and bad_epochs >= cfg.patience and start_epoch >= min_epochs:
+        # resumed a run that had stopped
         start_epoch = cfg.epochs
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
                desc=f"fit {model.name}", unit="epoch",
@@ -189,7 +203,7 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
             perm = perm.repeat(world)[:-(-n // world) * world]  # wrap around to a multiple of W
             torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + rank)
         total = torch.zeros((), device=device)
-        for step, i in enumerate(range(0, len(perm), cfg.batch_size)):
+        for step, i in enumerate(range(0, 0 if em else len(perm), cfg.batch_size)):
             idx = perm[i:i + cfg.batch_size]
             if world > 1:
                 idx = dist.shard(idx)
@@ -216,9 +230,13 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             total += loss.detach() * len(idx)
-        train_elbo = -dist.all_sum(total).item() / len(perm)  # .item() synchronises
+        if em:  # log p(x_train) before the step, computed by its E-step
+            train_elbo = model.em_step(xe)
+        else:
+            train_elbo = -dist.all_sum(total).item() / len(perm)  # .item() synchronises
         seconds = time.perf_counter() - t0
-        sched.step()
+        if not em:  # EM has no learning rate
+            sched.step()
 
         t1 = time.perf_counter()
         valid_elbo = evaluate_elbo(model, x_valid, y_valid)
@@ -234,7 +252,7 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
-        stop = cfg.patience is not None and bad_epochs >= cfg.patience
+        stop = cfg.patience is not None and bad_epochs >= cfg.patience and epoch + 1 >= min_epochs
 
         t2 = time.perf_counter()
         row = {"epoch": epoch + 1, "train_elbo": train_elbo, "valid_elbo": valid_elbo,

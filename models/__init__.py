@@ -11,6 +11,7 @@ from .vae2 import TwoLayerVAE, TwoLayerVAEConfig
 
 MODELS = {cls.name: cls for cls in (VAE, Autoencoder, TwoLayerVAE, LinearGaussian, GMM, CVAE,
                                        HalfImageCVAE, GAN)}
+MODELS["linear-gaussian"] = LinearGaussian  # the model's older name, kept as an alias
 
 
 def get_model_class(name: str):

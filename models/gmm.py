@@ -11,7 +11,14 @@ The contract's latent site ``"z"`` is the component index m. The model enumerate
 :class:`~pyro.infer.TraceEnum_ELBO`'s loss is exactly :math:`-\log p(x)`: :func:`pgm.fit` with
 its default objective trains the mixture by maximum likelihood (stochastic gradient), and its
 "valid ELBO" is the exact validation log-likelihood. :meth:`GMM.em` is the classical
-alternative, closed-form EM (Dempster, Laird & Rubin 1977), used by :func:`fit_latent_gmm`.
+alternative, closed-form EM (Dempster, Laird & Rubin 1977), used by :func:`fit_latent_gmm`;
+:meth:`GMM.em_step` is one of its steps, which :func:`pgm.fit` takes once per epoch with
+``objective="em"`` (``pgm train gmm --objective em``).
+
+One floor for both fits: a standard deviation never goes below ``min_scale`` (gradient
+training by the parameterisation below, EM by flooring its M-step there), and a Bernoulli
+probability stays in [``min_prob``, 1 - ``min_prob``]. :meth:`GMM.set_parameters` refuses
+values outside those ranges instead of moving them.
 
 Parameterisation (so no component leaves the support during gradient training):
 :math:`\sigma = s_{min} + \mathrm{softplus}(r)` (the ``gaussian-learned`` head of
@@ -52,7 +59,7 @@ class GMMConfig:
     data_dim: int
     components: int = 10
     likelihood: str = "bernoulli"  # "bernoulli" (pixels in {0,1}) or "gaussian" (diagonal)
-    min_scale: float = 1e-3  # gaussian: sigma = min_scale + softplus(raw)
+    min_scale: float = 1e-3  # gaussian: the floor of every sigma, for SVI and EM alike
     min_prob: float = 1e-3  # bernoulli: p in [min_prob, 1 - min_prob]
     kmeans_iters: int = 20  # Lloyd iterations of the k-means++ initialisation (0: seeding only)
 
@@ -86,7 +93,10 @@ class GMM(LatentVariableModel):
     Config = GMMConfig
     latent = "discrete"
     exact_method = "enumeration"
-    default_lr = 3e-2
+    closed_form_em = True
+    default_lr = 1e-2  # 3e-2 kept a 50-component mixture of the digits at epoch 3
+    default_epochs = 100
+    default_min_epochs = 30
 
     def __init__(self, config: GMMConfig | None = None, **kwargs):
         super().__init__()
@@ -135,27 +145,46 @@ class GMM(LatentVariableModel):
                        scales: torch.Tensor | None = None) -> None:
         """Set weights (M,), means (M, D) and, for Gaussians, scales (M, D) (inverting the maps).
 
-        Means of Bernoulli components and scales are clamped into their allowed ranges.
+        Values the parameterisation cannot hold are refused with a ValueError, never moved:
+        weights must be positive and sum to 1, scales at least ``min_scale``, Bernoulli
+        means in [``min_prob``, 1 - ``min_prob``]. A value on the floor is stored a relative
+        1e-6 above it (softplus never reaches 0).
         """
         c = self.config
-        weights = torch.as_tensor(weights, dtype=self.logits.dtype, device=self.logits.device)
-        means = torch.as_tensor(means, dtype=self.loc.dtype, device=self.loc.device)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        means = torch.as_tensor(means, dtype=torch.float64)
         if weights.shape != (c.components,) or means.shape != (c.components, c.data_dim):
             raise ValueError(f"expected weights ({c.components},) and means "
                              f"({c.components}, {c.data_dim}), got {tuple(weights.shape)} and "
                              f"{tuple(means.shape)}")
-        self.logits.copy_(torch.log(weights.clamp_min(1e-12)))
+        if not (torch.isfinite(weights).all() and torch.isfinite(means).all()):
+            raise ValueError("weights and means must be finite")
+        if not (weights > 0).all() or abs(float(weights.sum()) - 1) > 1e-4:
+            raise ValueError(f"weights must be positive and sum to 1, got min "
+                             f"{float(weights.min()):.3g} and sum {float(weights.sum()):.6g}")
+        self.logits.copy_(weights.log())
         if c.likelihood == "gaussian":
             if scales is None:
                 raise ValueError("Gaussian components need scales")
-            scales = torch.as_tensor(scales, dtype=self.loc.dtype, device=self.loc.device)
+            scales = torch.as_tensor(scales, dtype=torch.float64)
+            if scales.shape != means.shape:
+                raise ValueError(f"scales must have shape {tuple(means.shape)}, "
+                                 f"got {tuple(scales.shape)}")
+            low = int((~(scales >= c.min_scale * (1 - 1e-6))).sum())  # NaN counts as low
+            if low:
+                raise ValueError(f"{low} scales below min_scale={c.min_scale:g} (smallest "
+                                 f"{float(scales.min()):.3g}); floor them or lower min_scale")
             self.loc.copy_(means)
-            excess = (scales - c.min_scale).clamp_min(1e-6 * max(1.0, c.min_scale))
+            excess = (scales - c.min_scale).clamp_min(1e-6 * c.min_scale)
             self.raw_scale.copy_(_inv_softplus(excess))
         else:
             p = c.min_prob
-            u = ((means - p) / (1 - 2 * p)).clamp(1e-4, 1 - 1e-4)
-            self.loc.copy_(torch.logit(u))
+            u = (means - p) / (1 - 2 * p)  # in [0, 1] for allowed means
+            out = int(((u < -1e-6) | (u > 1 + 1e-6)).sum())
+            if out:
+                raise ValueError(f"{out} Bernoulli means outside [min_prob, 1 - min_prob] = "
+                                 f"[{p:g}, {1 - p:g}]; clamp them or lower min_prob")
+            self.loc.copy_(torch.logit(u.clamp(1e-6, 1 - 1e-6)))
 
     # ---- plain distributions -------------------------------------------------------------
     def prior(self, n: int, y: torch.Tensor | None = None) -> dist.Distribution:
@@ -188,8 +217,10 @@ class GMM(LatentVariableModel):
         log_pi = torch.log_softmax(self.logits.to(torch.float64), -1)
         return log_pi + self.component_log_likelihood(x)
 
+    @torch.no_grad()
     def exact_log_marginal(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) = logsumexp_m [log p(m) + log p(x | m)], (B,) float64."""
+        """log p(x) = logsumexp_m [log p(m) + log p(x | m)], (B,) float64, detached (a
+        measurement; differentiate ``torch.logsumexp(self.joint_log_prob(x), -1)``)."""
         return torch.logsumexp(self.joint_log_prob(x), -1)
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,29 +285,37 @@ class GMM(LatentVariableModel):
             self.set_parameters(weights, centers.clamp(lo, 1 - lo))
 
     @torch.no_grad()
-    def em(self, x: torch.Tensor, steps: int = 100, tol: float = 1e-6) -> list[float]:
-        """Closed-form EM from the current parameters; returns mean log p(x) per step (nats).
+    def em_step(self, x: torch.Tensor) -> float:
+        """One closed-form EM step on all of ``x``; returns mean log p(x) before it (nats).
 
         E-step: responsibilities r = p(m | x). M-step: weights = mean r, means = r-weighted
-        averages, scales = r-weighted standard deviations floored at ``4 * min_scale`` (a
-        floor keeps a component from collapsing onto one point). Stops when the mean
-        log-likelihood improves by less than ``tol``.
+        averages, scales = r-weighted standard deviations; both floored where gradient
+        training is (scales at ``min_scale``, Bernoulli means in [min_prob, 1 - min_prob]),
+        so EM never moves to a point the model cannot represent. Never lowers log p(x).
         """
         c = self.config
         xs = x.detach().to(self.loc.device, torch.float64)
+        log_joint = self.joint_log_prob(xs)  # (B, M)
+        log_px = torch.logsumexp(log_joint, -1)
+        r = torch.exp(log_joint - log_px[:, None])  # (B, M)
+        nk = r.sum(0) + 1e-10  # (M,)
+        means = (r.T @ xs) / nk[:, None]
+        scales = None
+        if c.likelihood == "gaussian":
+            var = (r.T @ xs.pow(2)) / nk[:, None] - means.pow(2)
+            scales = var.clamp_min(0).sqrt().clamp_min(c.min_scale)
+        else:
+            means = means.clamp(c.min_prob, 1 - c.min_prob)
+        self.set_parameters(nk / nk.sum(), means, scales)
+        return float(log_px.mean())
+
+    @torch.no_grad()
+    def em(self, x: torch.Tensor, steps: int = 100, tol: float = 1e-6) -> list[float]:
+        """:meth:`em_step` until the mean log-likelihood improves by less than ``tol`` (or
+        ``steps`` steps); returns mean log p(x) before each step (nats)."""
         trace: list[float] = []
         for _ in range(int(steps)):
-            log_joint = self.joint_log_prob(xs)  # (B, M)
-            log_px = torch.logsumexp(log_joint, -1)
-            trace.append(float(log_px.mean()))
-            r = torch.exp(log_joint - log_px[:, None])  # (B, M)
-            nk = r.sum(0) + 1e-10  # (M,)
-            means = (r.T @ xs) / nk[:, None]
-            scales = None
-            if c.likelihood == "gaussian":
-                var = (r.T @ xs.pow(2)) / nk[:, None] - means.pow(2)
-                scales = var.clamp_min(0).sqrt().clamp_min(4 * c.min_scale)
-            self.set_parameters(nk / nk.sum(), means, scales)
+            trace.append(self.em_step(x))
             if len(trace) > 1 and trace[-1] - trace[-2] < tol:
                 break
         return trace

@@ -13,7 +13,7 @@ from pathlib import Path
 from pgm import distributed
 from pgm.errors import PgmError
 
-TRAINABLE = ("vae", "vae2", "ae", "gmm", "cvae", "gan")
+TRAINABLE = ("vae", "vae2", "ae", "gmm", "ppca", "linear-gaussian", "cvae", "gan")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -48,21 +48,27 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--likelihood", default=None,
                    choices=("bernoulli", "gaussian", "gaussian-learned"),
                    help="p(x|z) (default: bernoulli for images, gaussian-learned otherwise)")
-    t.add_argument("--likelihood-scale", type=float, default=0.1,
-                   help="fixed scale of 'gaussian', minimum scale of 'gaussian-learned'")
+    t.add_argument("--likelihood-scale", type=float, default=None,
+                   help="fixed scale of 'gaussian', minimum scale of 'gaussian-learned' "
+                        "(default 0.1); gmm: the components' minimum scale, shared by SVI "
+                        "and EM (default 1e-3); ppca: the noise scale's start (default 1)")
     t.add_argument("--components", type=int, default=100,
                    help="gmm only: number of mixture components (default 100)")
     t.add_argument("--prior", default="standard", choices=("standard", "learned"),
                    help="cvae only: N(0, I) or a learned conditional prior p(z|y)")
-    t.add_argument("--objective", default="elbo", choices=("elbo", "elbo-analytic", "iwae"),
-                   help="training bound (default elbo)")
+    t.add_argument("--objective", default=None,
+                   choices=("elbo", "elbo-analytic", "iwae", "iwae-dreg", "em"),
+                   help="training bound (default elbo; em for ppca); iwae-dreg: the iwae "
+                        "bound with doubly-reparameterized encoder gradients; em: closed-form "
+                        "EM, one step per epoch (gmm, ppca)")
     t.add_argument("--particles", type=int, default=1,
                    help="samples per datapoint (K of the iwae bound; default 1)")
     t.add_argument("--epochs", type=int, default=None,
-                   help="number of epochs (default 30; gan: 100 on images, 40 on 1-D data)")
+                   help="number of epochs (default 30; gmm: 100; ppca: 200 EM steps; gan: "
+                        "100 on images, 40 on 1-D data)")
     t.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
     t.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate (default 1e-3; 3e-2 for gmm)")
+                   help="Adam learning rate (default 1e-3; 1e-2 for gmm and ppca)")
     t.add_argument("--lr-schedule", default="constant",
                    choices=("constant", "cosine", "exponential"),
                    help="learning-rate schedule over epochs (default constant)")
@@ -72,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="epochs over which the KL weight rises linearly to 1 (default 0)")
     t.add_argument("--patience", type=int, default=10,
                    help="early stopping: epochs without a better valid ELBO; 0 = off")
+    t.add_argument("--min-epochs", type=int, default=None,
+                   help="early stopping never stops before this epoch (default: the "
+                        "model's: 30 for gmm, 100 for ppca, 0 otherwise)")
     t.add_argument("--seed", type=int, default=0, help="random seed (split, init, noise)")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
@@ -200,7 +209,7 @@ def _train_svi(args, out: Path, progress, cls, logger) -> int:
     from pgm.inference.svi import FitConfig, fit
     from pgm.models import get_model_class
 
-    args.epochs = 30 if args.epochs is None else args.epochs
+    args.epochs = getattr(cls, "default_epochs", 30) if args.epochs is None else args.epochs
     if args.resume:
         saved = io.read_config(out)
         d = saved["data"]
@@ -213,10 +222,12 @@ def _train_svi(args, out: Path, progress, cls, logger) -> int:
         data = load_dataset(args.data, binarize=args.binarize, seed=args.seed)
         model = _build_model(args, data)
         lr = args.lr if args.lr is not None else cls.default_lr
-        cfg = FitConfig(objective=args.objective, num_particles=args.particles,
+        objective = args.objective or getattr(cls, "default_objective", "elbo")
+        cfg = FitConfig(objective=objective, num_particles=args.particles,
                         epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                         lr_schedule=args.lr_schedule, clip_norm=args.clip_norm or None,
                         kl_warmup_epochs=args.kl_warmup, patience=args.patience or None,
+                        min_epochs=args.min_epochs,
                         seed=args.seed, device=args.device)
     history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress, log=logger)
     baseline = None
@@ -270,10 +281,18 @@ def _build_model(args, data):
 
     cls = get_model_class(args.model)
     images = data.image_shape is not None
+    scale = {} if args.likelihood_scale is None else {"likelihood_scale": args.likelihood_scale}
     if args.model == "gmm":
         likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
+        if likelihood == "bernoulli" and scale:
+            raise PgmError("--likelihood-scale applies to Gaussian components; these are "
+                           "Bernoulli (add --likelihood gaussian --binarize none)")
         return cls(cls.Config(data_dim=data.data_dim, components=args.components,
-                              likelihood="gaussian" if likelihood != "bernoulli" else likelihood))
+                              likelihood="gaussian" if likelihood != "bernoulli" else likelihood,
+                              **({"min_scale": args.likelihood_scale} if scale else {})))
+    if cls.name == "ppca":  # a fixed noise scale if one is given, else learned
+        return cls(cls.Config(data_dim=data.data_dim, latent_dim=args.latent_dim,
+                              sigma=args.likelihood_scale))
     if args.model == "vae2":  # Burda et al.'s sizes: 100-50 stochastic, 200/100 tanh units
         return cls(cls.Config(data_dim=data.data_dim, likelihood=args.likelihood or (
             "bernoulli" if images else "gaussian-learned")))
@@ -286,7 +305,7 @@ def _build_model(args, data):
         data_dim=data.data_dim, latent_dim=args.latent_dim, hidden=args.hidden,
         activation=args.activation, arch=args.arch, image_shape=data.image_shape,
         likelihood=args.likelihood or ("bernoulli" if images else "gaussian-learned"),
-        likelihood_scale=args.likelihood_scale, **extra))
+        **scale, **extra))
 
 
 def _sample(args) -> int:

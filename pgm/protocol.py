@@ -37,7 +37,14 @@ name:
 ``explicit_view(s)``     the model :math:`p(z)\,\mathcal N(x; \mu(z), s^2 I)` of its generator
 ``write_figures(...)``   the figures of a trained run (:meth:`LatentVariableModel.write_figures`)
 ``trainer``              ``"svi"`` (:func:`pgm.fit`) or ``"adversarial"`` (the GAN)
+``closed_form_em``       ``em_step(x) -> float``: one closed-form EM step on all of x (the
+                         GMM), which fit() takes once per epoch with ``objective="em"``
 ``default_lr``           the Adam learning rate ``pgm train`` uses unless told otherwise
+``default_objective``    the objective ``pgm train`` uses unless told otherwise
+``default_epochs``       the epochs ``pgm train`` runs unless told otherwise
+``default_min_epochs``   early stopping never stops before this epoch (fit()'s
+                         ``min_epochs=None``): a mixture's validation likelihood dips
+                         while its scales settle, long before it has converged
 ``baseline``             the registered name of a model ``pgm train`` fits beside this one
                          with the same networks (the VAE's autoencoder), or None
 =======================  ======================================================================
@@ -75,7 +82,11 @@ class LatentVariableModel(nn.Module):
     exact_method: ClassVar[str | None] = None
     has_density: ClassVar[bool] = True
     trainer: ClassVar[str] = "svi"
+    closed_form_em: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3
+    default_objective: ClassVar[str] = "elbo"
+    default_epochs: ClassVar[int] = 30
+    default_min_epochs: ClassVar[int] = 0
     baseline: ClassVar[str | None] = None
     latent_dim: int
     data_dim: int

@@ -117,9 +117,12 @@ def bound_checks(estimators) -> list[dict]:
         d = (a[:m] - b[:m]).double()
         se = (d.std() / math.sqrt(m)).item() if m > 1 else math.nan
         mean = d.mean().item()
+        # float32 rounding: a bound that equals the exact value (a guide equal to the
+        # posterior, as PPCA's after EM) sits ~1e-8 relative above the float64 exact value
+        rounding = 1e-5 * (1 + abs(b[:m].double().mean().item()))
         checks.append({"lower": lo_name, "upper": hi_name, "n": m, "diff_mean": mean,
                        "diff_se": se,
-                       "ok": bool(mean <= 3 * (se if se == se else 0) + slack + 1e-9)})
+                       "ok": bool(mean <= 3 * (se if se == se else 0) + slack + rounding)})
     return checks
 
 

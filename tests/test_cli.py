@@ -52,11 +52,26 @@ def test_datasets_lists_the_builtins(capsys):
     (["train", "vae", "--data", "nosuchset"], "unknown dataset 'nosuchset'"),
     (["train", "gan9"], "unknown model 'gan9'; trainable: vae, vae2, ae"),
     (["sample", "/nonexistent/run"], "not a pgm run directory"),
+    (["train", "gmm", "--data", "digits", "--likelihood-scale", "0.05"],
+     "--likelihood-scale applies to Gaussian components"),
+    (["train", "vae", "--data", "digits", "--objective", "em", "--epochs", "1"],
+     "objective 'em' needs a model with closed-form EM steps"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_train_gmm_by_em_with_its_scale_floor(tmp_path):
+    out = tmp_path / "gmm"
+    assert main(["train", "gmm", "--data", "digits", "--binarize", "none", "--likelihood",
+                 "gaussian", "--likelihood-scale", "0.05", "--objective", "em", "--components",
+                 "5", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_config"]["min_scale"] == 0.05 and config["fit"]["objective"] == "em"
+    assert config["fit"]["min_epochs"] is None  # the mixture's own default (30) applies
+    assert len((out / "history.csv").read_text().splitlines()) == 1 + 3
 
 
 def test_console_script_help():

@@ -6,6 +6,7 @@ import itertools
 import math
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
@@ -112,7 +113,8 @@ def test_traceenum_loss_is_minus_exact_log_likelihood_value_and_gradient(likelih
     x = torch.randn(20, 6) if likelihood == "gaussian" else torch.rand(20, 6).bernoulli()
     loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(gmm.model, gmm.guide, x)
     grads = torch.autograd.grad(loss, list(gmm.parameters()))
-    exact = -gmm.exact_log_marginal(x).sum()
+    assert not gmm.exact_log_marginal(x).requires_grad  # a measurement, detached
+    exact = -torch.logsumexp(gmm.joint_log_prob(x), -1).sum()
     expected = torch.autograd.grad(exact, list(gmm.parameters()))
     assert loss.item() == pytest.approx(exact.item(), rel=1e-5)
     for g, e in zip(grads, expected):
@@ -236,3 +238,84 @@ def test_latent_sampler_and_figures(tmp_path):
     assert {p.name for p in paths} == {"components.png", "samples.png", "responsibilities.png",
                                        "elbo.png"}
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_em_and_svi_share_one_floor_and_em_reaches_it():
+    """A pixel constant within a component has zero variance: EM stops at min_scale, the
+    floor gradient training's parameterisation sigma = min_scale + softplus(r) approaches."""
+    x = _mixture_data(600, seed=2)
+    x = torch.cat([x, torch.zeros(600, 1)], 1)  # a third coordinate, always 0
+    gmm = GMM(data_dim=3, components=3, likelihood="gaussian", min_scale=0.01)
+    gmm.initialize(x)
+    trace = gmm.em(x, steps=30)
+    assert all(b >= a - 1e-9 for a, b in zip(trace, trace[1:]))
+    sd = gmm.scales.detach()
+    torch.testing.assert_close(sd[:, 2], torch.full((3,), 0.01), rtol=1e-5, atol=0)
+    assert (sd >= 0.01).all()
+    with torch.no_grad():
+        gmm.raw_scale.fill_(-50.0)  # the most gradient training could push it
+    assert (gmm.scales >= 0.01).all()
+
+
+def test_set_parameters_refuses_what_it_would_change():
+    gmm = GMM(data_dim=2, components=2, likelihood="gaussian", min_scale=0.1)
+    w, mu = torch.tensor([0.4, 0.6]), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="1 scales below min_scale=0.1"):
+        gmm.set_parameters(w, mu, torch.tensor([[0.5, 0.05], [0.5, 0.5]]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        gmm.set_parameters(torch.tensor([0.4, 0.4]), mu, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="positive"):
+        gmm.set_parameters(torch.tensor([1.0, 0.0]), mu, torch.ones(2, 2))
+    scales = torch.tensor([[0.1, 0.3], [2.0, 0.1]])  # on the floor and above: kept
+    gmm.set_parameters(w, mu + 1, scales)
+    torch.testing.assert_close(gmm.scales.detach(), scales, rtol=1e-5, atol=0)
+    torch.testing.assert_close(gmm.weights.detach(), w)
+    bern = GMM(data_dim=2, components=2, min_prob=0.01)
+    with pytest.raises(ValueError, match=r"1 Bernoulli means outside \[min_prob"):
+        bern.set_parameters(w, torch.tensor([[0.5, 1.0], [0.2, 0.3]]))
+    p = torch.tensor([[0.01, 0.99], [0.2, 0.3]])
+    bern.set_parameters(w, p)
+    torch.testing.assert_close(bern.means.detach(), p, rtol=0, atol=1e-6)
+
+
+def test_fit_with_objective_em_takes_one_em_step_per_epoch():
+    x = _mixture_data(800, seed=3)
+    data = _dataset(x[:600], x[600:])
+    by_hand = GMM(data_dim=2, components=3, likelihood="gaussian")
+    pyro.set_rng_seed(0)  # fit() seeds k-means the same way
+    by_hand.initialize(x[:600])
+    trace = [by_hand.em_step(x[:600]) for _ in range(5)]
+    gmm = GMM(data_dim=2, components=3, likelihood="gaussian")
+    history = fit(gmm, data, objective="em", epochs=5, patience=None, progress=False)
+    assert [r["train_elbo"] for r in history] == pytest.approx(trace, abs=1e-9)
+    assert [r["valid_elbo"] for r in history][-1] == pytest.approx(
+        gmm.exact_log_marginal(x[600:]).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="objective 'em' needs a model with closed-form EM"):
+        fit(VAE(data_dim=2, latent_dim=1, hidden=(4,), likelihood="gaussian"), data,
+            objective="em", epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("min_epochs,expected", [(None, 6), (0, 2), (4, 4)])
+def test_early_stopping_waits_for_min_epochs(min_epochs, expected):
+    """With lr 1e-30 the weights never move, so every epoch after the first is 'no better':
+    patience 1 stops at epoch 2 unless min_epochs (the mixture's default: 30) holds it."""
+    x = _mixture_data(300, seed=4)
+    gmm = GMM(data_dim=2, components=3, likelihood="gaussian")
+    history = fit(gmm, _dataset(x[:200], x[200:]), epochs=6, lr=1e-30, patience=1,
+                  min_epochs=min_epochs, progress=False)
+    assert len(history) == expected
+
+
+def test_em_run_resumes_to_the_unbroken_result(tmp_path):
+    x = _mixture_data(500, seed=5)
+    data = _dataset(x[:400], x[400:])
+    whole = GMM(data_dim=2, components=3, likelihood="gaussian")
+    fit(whole, data, objective="em", epochs=4, patience=None, out=tmp_path / "a", progress=False)
+    broken = GMM(data_dim=2, components=3, likelihood="gaussian")
+    fit(broken, data, objective="em", epochs=2, patience=None, out=tmp_path / "b",
+        progress=False)
+    resumed = GMM(data_dim=2, components=3, likelihood="gaussian")
+    fit(resumed, data, objective="em", epochs=4, patience=None, out=tmp_path / "b",
+        resume=True, progress=False)
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

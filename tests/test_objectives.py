@@ -1,5 +1,7 @@
 """The fast paths compute the same numbers and gradients as Pyro's ELBOs for the same noise."""
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -73,3 +75,49 @@ def test_bad_objective_settings():
         make_objective(model, "kl")
     with pytest.raises(ValueError, match="num_particles"):
         make_objective(model, "elbo", 0)
+
+
+def _encoder_decoder_grads(model, objective, x, K, seed):
+    torch.manual_seed(seed)
+    loss = make_objective(model, objective, K)(x)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    enc = torch.cat([g.flatten() for (n, _), g in zip(model.named_parameters(), grads)
+                     if n.startswith("encoder")])
+    dec = torch.cat([g.flatten() for (n, _), g in zip(model.named_parameters(), grads)
+                     if not n.startswith("encoder")])
+    return loss.detach(), enc, dec
+
+
+def test_iwae_dreg_has_iwae_value_and_decoder_gradient_for_the_same_noise():
+    torch.manual_seed(0)
+    model = VAE(data_dim=20, latent_dim=2, hidden=(8,))
+    x = torch.rand(6, 20).bernoulli()
+    a = _encoder_decoder_grads(model, "iwae", x, 7, seed=3)
+    b = _encoder_decoder_grads(model, "iwae-dreg", x, 7, seed=3)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[2], b[2])  # the decoder's gradient is IWAE's own
+    assert not torch.allclose(a[1], b[1])  # the encoder's is not
+
+
+def test_iwae_dreg_encoder_gradient_is_unbiased_with_lower_variance():
+    """Both estimate the gradient of the IWAE bound (Tucker et al. 2019): over N draws the
+    paired difference of the encoder gradients has mean zero coordinate by coordinate
+    (|z| below the Bonferroni bound for P coordinates at a 1e-3 family-wise level), and
+    DReG's summed variance is lower, here by far more than the sampling error of a
+    variance (relative SE sqrt(2 / N) = 4.5% at N = 1000)."""
+    from scipy.stats import norm
+
+    torch.manual_seed(0)
+    model = VAE(data_dim=10, latent_dim=2, hidden=(6,), likelihood="gaussian",
+                likelihood_scale=0.5)
+    x = torch.randn(3, 10)
+    N, K = 1000, 10
+    iwae = torch.stack([_encoder_decoder_grads(model, "iwae", x, K, s)[1] for s in range(N)])
+    dreg = torch.stack([_encoder_decoder_grads(model, "iwae-dreg", x, K, s)[1]
+                        for s in range(N)])
+    diff = dreg - iwae  # paired: the same noise for both
+    z = diff.mean(0) / (diff.std(0) / math.sqrt(N))
+    P = diff.shape[1]
+    assert z.abs().max() < norm.ppf(1 - 1e-3 / (2 * P)), z.abs().max()
+    ratio = dreg.var(0).sum() / iwae.var(0).sum()
+    assert ratio < 0.7, ratio

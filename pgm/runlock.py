@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,17 +142,16 @@ def _lock(run_dir: Path, path: Path, what: str) -> int | None:
             raise PgmError(f"cannot lock the run directory {run_dir}: {e.strerror} "
                            f"({e.filename or path})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise RunLockedError(f"{run_dir} is being written by {holder}; wait for it to "
-                                 "finish, or choose another directory") from None
+            holder = _flock(fcntl, fd)
         except OSError as e:  # a filesystem without locks
             os.close(fd)
             warnings.warn(f"cannot lock {path} ({e.strerror}); nothing keeps a second writer "
                           "out of this run", stacklevel=4)
             return None
+        if holder is not None:
+            os.close(fd)
+            raise RunLockedError(f"{run_dir} is being written by {holder}; wait for it to "
+                                 "finish, or choose another directory")
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
@@ -164,15 +164,31 @@ def _lock(run_dir: Path, path: Path, what: str) -> int | None:
     raise RunLockedError(f"{run_dir}: its lock kept changing hands; try again")
 
 
-def _holder(fd: int) -> str:
-    """'process PID (what)' from the lock file's record, in one line."""
+def _flock(fcntl, fd: int) -> str | None:
+    """None once this process holds the flock of ``fd``; else who holds it, 'process PID
+    (what)'. A holder that locked a moment ago is given a moment to write its PID."""
+    for _ in range(100):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            holder = _holder(fd)
+            if holder is not None:
+                return holder
+            time.sleep(0.01)
+    return "another process"
+
+
+def _holder(fd: int) -> str | None:
+    """'process PID (what)' from the lock file's record, in one line; None before it is
+    written."""
     try:
         text = os.pread(fd, 200, 0).decode(errors="replace")
     except OSError:
         text = ""
     pid, _, what = text.strip().partition(" ")
     if not pid.isdigit():
-        return "another process"
+        return None
     what = " ".join(what.split())
     return f"process {pid}" + (f" ({what})" if what else "")
 

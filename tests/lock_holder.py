@@ -3,7 +3,7 @@ stdin closes: the second writer of the lock tests, with no sleeps or timing luck
 
 ``Holder(run)`` returns once the lock is held; ``RAW`` holds it as pgm.runlock does (flock on
 RUN/.lock, "PID pgm train" in the file) without importing pgm, so it starts in milliseconds;
-``PGM`` holds it through pgm.runlock itself.
+``PGM`` holds it through pgm.runlock itself; ``SILENT`` holds it with no record in the file.
 """
 
 import signal
@@ -21,6 +21,7 @@ os.write(fd, f"{os.getpid()} pgm train\\n".encode())
 print("locked", flush=True)
 sys.stdin.read()
 """
+SILENT = RAW.replace('os.write(fd, f"{os.getpid()} pgm train\\n".encode())', "")  # no record
 PGM = """
 import sys
 from pgm import runlock

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from lock_holder import PGM, RAW, Holder
+from lock_holder import PGM, RAW, SILENT, Holder
 
 import pgm
 from pgm import runlock
@@ -107,6 +107,13 @@ def test_a_killed_holder_frees_the_run(trained, holder, capsys):
     assert len((trained / "history.csv").read_text().splitlines()) == 1 + 2
     assert not lock.exists() and not runlock.held(trained)
     assert not any(path.exists() for path in stale)  # the run's, and its ae-baseline's
+
+
+def test_a_holder_without_a_record_is_another_process(tmp_path, holder):
+    holder(tmp_path, SILENT)  # waited for a moment (1 s), as if its PID were being written
+    with pytest.raises(RunLockedError, match="being written by another process;"):
+        with runlock.hold(tmp_path):
+            pass
 
 
 def test_the_lock_is_reentrant_in_one_process_and_freed_at_the_end(tmp_path):

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pgm import io, tracking
+from pgm import io, runlock, tracking
 from pgm.config import from_dict, to_dict
 from pgm.device import resolve_device
 from pgm.errors import CheckpointError, TrainingDivergedError
@@ -199,11 +199,12 @@ def fit_gan(gan, data, config: GANFitConfig | None = None, *, out: str | Path | 
     epoch; ``resume=True`` continues the run found there. For 1-D data the snapshots are also
     left on ``gan.snapshots`` as ``(x_grid, [snapshot, ...])``. ``on_epoch(EpochEnd)`` is
     called at the end of every epoch, before the weights are saved. ``log``: experiment
-    tracking of the config and each history row, as in :func:`pgm.fit`.
+    tracking of the config and each history row, as in :func:`pgm.fit`. While it writes
+    ``out`` it holds the run's lock (:mod:`pgm.runlock`), as :func:`pgm.fit` does.
     """
     cfg = config or GANFitConfig()
     cfg = replace(cfg, **overrides) if overrides else cfg
-    with tracking.opened(log, out, resume=resume) as logger:
+    with runlock.hold(out, "pgm.fit_gan"), tracking.opened(log, out, resume=resume) as logger:
         return _fit_gan(gan, data, cfg, out=out, resume=resume, progress=progress,
                         on_epoch=on_epoch, log=logger)
 

@@ -17,7 +17,7 @@ is split into W equal contiguous parts; the loss runs through DistributedDataPar
 (gradients averaged, so a step is one process's step on the union of the parts); each rank
 draws its noise from (seed, epoch, rank); the validation set is sharded; the epoch's ELBOs
 are summed over ranks; a NaN on any rank stops every rank; only rank 0 writes the run
-directory. A run resumes on any number of ranks.
+directory (and holds its lock, :mod:`pgm.runlock`). A run resumes on any number of ranks.
 
 ``log`` (opt in) sends the config and every history row to TensorBoard or MLflow
 (:mod:`pgm.tracking`), from rank 0 only.
@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pgm import distributed as dist
-from pgm import io, tracking
+from pgm import io, runlock, tracking
 from pgm.config import to_dict
 from pgm.device import resolve_device
 from pgm.errors import TrainingDivergedError
@@ -119,9 +119,11 @@ def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None 
     ``log`` sends the config and each epoch's history row to experiment tracking:
     "tensorboard" or "mlflow" (opened for this call, in ``out``), or a logger from
     :func:`pgm.tracking.open_logger` that the caller closes (to log figures after).
+    While it writes ``out`` it holds the run's lock (:mod:`pgm.runlock`): RunLockedError if
+    another process is writing there.
     """
     cfg = replace(config or FitConfig(), **overrides) if overrides else (config or FitConfig())
-    with tracking.opened(log, out, resume=resume) as logger:
+    with runlock.hold(out, "pgm.fit"), tracking.opened(log, out, resume=resume) as logger:
         return _fit(model, data, cfg, out=out, resume=resume, progress=progress, log=logger)
 
 

@@ -2,7 +2,8 @@
 
 The library returns results; this module prints them. Under ``torchrun``, ``train`` and
 ``evaluate`` join the launcher's process group (pgm.distributed) and only rank 0 prints
-and writes files."""
+and writes files. ``train`` and ``evaluate`` hold the run directory's lock (pgm.runlock)
+while they write it: a second writer stops with one line naming the first."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pgm import distributed
+from pgm import distributed, runlock
 from pgm.errors import PgmError
 
 TRAINABLE = ("vae", "vae2", "ae", "gmm", "ppca", "linear-gaussian", "cvae", "gan")
@@ -186,11 +187,12 @@ def _train(args) -> int:
     cls = get_model_class(args.model)
     if cls.trainer == "adversarial" and distributed.launched():
         raise PgmError(f"pgm train {args.model} runs in one process; start it without torchrun")
-    logger = open_logger(args.log, out, tracking_uri=args.tracking_uri, resume=args.resume)
-    with logger or contextlib.nullcontext():
-        if cls.trainer == "adversarial":
-            return _train_gan(args, out, progress, logger)
-        return _train_svi(args, out, progress, cls, logger)
+    with runlock.hold(out, "pgm train"):  # one writer per run, its ae-baseline/ included
+        logger = open_logger(args.log, out, tracking_uri=args.tracking_uri, resume=args.resume)
+        with logger or contextlib.nullcontext():
+            if cls.trainer == "adversarial":
+                return _train_gan(args, out, progress, logger)
+            return _train_svi(args, out, progress, cls, logger)
 
 
 def _log_figures(logger, figures, history) -> None:
@@ -346,6 +348,14 @@ def _progress_bars(enabled: bool | None):
 
 
 def _evaluate(args) -> int:
+    from pgm import io
+
+    io.read_config(args.run)  # one line, and no folder made, if no run is there
+    with runlock.hold(args.run, "pgm evaluate"):  # one writer of RUN/eval at a time
+        return _evaluate_run(args)
+
+
+def _evaluate_run(args) -> int:
     from pgm import io
     from pgm.data import load_dataset
     from pgm.device import resolve_device

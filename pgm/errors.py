@@ -24,6 +24,10 @@ class CheckpointError(PgmError, RuntimeError):
     """A run directory or checkpoint that is missing, truncated, corrupt or foreign."""
 
 
+class RunLockedError(PgmError, RuntimeError):
+    """Another process is writing the run directory (``pgm.runlock``); the message names it."""
+
+
 class TrainingDivergedError(PgmError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

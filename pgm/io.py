@@ -10,7 +10,9 @@
       figures/*.png
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``),
-so an interrupted run never leaves a half-written file where a good one was. Loading never
+so an interrupted run never leaves a half-written file where a good one was; its temporary
+files are removed by the next writer, which holds ``RUN/.lock`` (:mod:`pgm.runlock`) while
+it writes, so two processes never write one run. Loading never
 unpickles arbitrary objects: safetensors for weights, ``torch.load(weights_only=True)`` for
 the checkpoint.
 """

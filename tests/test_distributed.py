@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from lock_holder import Holder
 
 import pgm
 from pgm import distributed, io
 from pgm.cli import main
 from pgm.data import Dataset
-from pgm.errors import TrainingDivergedError
+from pgm.errors import RunLockedError, TrainingDivergedError
 from pgm.evaluation import EvalConfig, evaluate
 from pgm.models import LinearGaussian
 
@@ -153,7 +154,17 @@ def _evaluate_sharded(tmp: Path):
         torch.save({k: e.per_datapoint for k, e in ev.estimators.items()}, tmp / "sharded.pt")
 
 
+def _fit_a_locked_run(tmp: Path):
+    """Another process holds tmp/locked (the fixture's Holder): every rank stops, not rank 0
+    alone (the others would wait for it in the first collective)."""
+    try:
+        pgm.fit(_autoencoder(), _binary_data(), **FIT, out=tmp / "locked")
+    except RunLockedError as e:
+        (tmp / f"locked-{distributed.rank()}.txt").write_text(str(e))
+
+
 def _scenarios(tmp: Path):
+    _fit_a_locked_run(tmp)
     _train_then_resume(tmp)
     _diverge_on_rank_1(tmp)
     _evaluate_sharded(tmp)
@@ -164,7 +175,12 @@ def _scenarios(tmp: Path):
 def ranks(tmp_path_factory):
     """What 2 ranks leave in a folder after every scenario; rank 1 writing fails them."""
     tmp = tmp_path_factory.mktemp("ranks")
-    _spawn(_scenarios, tmp)
+    holder = Holder(tmp / "locked")
+    try:
+        _spawn(_scenarios, tmp)
+    finally:
+        holder.kill()
+    (tmp / "holder.pid").write_text(str(holder.pid))
     return tmp
 
 
@@ -183,6 +199,13 @@ def test_a_two_rank_run_resumes_on_one_rank_and_on_two(ranks):
     _assert_same_weights(ranks / "ddp", ranks / "ddp-epoch1")
     for run in ("ddp", "ddp-epoch1"):
         assert [r["epoch"] for r in pgm.load_run(ranks / run).history] == [1, 2]
+
+
+def test_a_run_another_process_holds_stops_every_rank(ranks):
+    pid = (ranks / "holder.pid").read_text()
+    for rank in range(WORLD):
+        assert f"being written by process {pid}" in (ranks / f"locked-{rank}.txt").read_text()
+    assert [p.name for p in (ranks / "locked").iterdir()] == [".lock"]
 
 
 def test_nan_on_one_rank_stops_every_rank_and_keeps_the_checkpoint(ranks):

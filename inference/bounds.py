@@ -54,6 +54,7 @@ from .callables import Estimate, LatentCallables
 
 __all__ = [
     "PAIRS_PER_CHUNK",
+    "PAIRS_PER_CHUNK_CPU",
     "check_data",
     "elbo",
     "iwae_bound",
@@ -62,9 +63,12 @@ __all__ = [
     "log_mean_exp",
 ]
 
-#: Default chunk budget: (particle, datapoint) pairs passed to the callables per call.
-#: For a 784-pixel decoder that is ~200 MB of float32 output activations.
+#: Default chunk budget: (particle, datapoint) pairs passed to the callables per call. On a
+#: GPU, large: for a 784-pixel decoder ~200 MB of float32 output activations. On a CPU, small
+#: enough that a chunk's activations stay in cache: IWAE K=2000 on 100 mnist5k images (10-D
+#: VAE, 1 thread) took 4.6-5.3 s with 2^10-2^12 pairs against 7.2-7.5 s with 2^16.
 PAIRS_PER_CHUNK = 2**16
+PAIRS_PER_CHUNK_CPU = 2**12
 
 
 def check_data(x: Tensor) -> int:
@@ -116,7 +120,8 @@ def log_importance_weights(
         x: ``(B, ...)`` datapoints.
         K: number of particles per datapoint.
         chunk_size: particles per call to the callables; default: as many as keep
-            ``chunk_size * B`` at about :data:`PAIRS_PER_CHUNK`. The result does not depend on
+            ``chunk_size * B`` at about :data:`PAIRS_PER_CHUNK` (:data:`PAIRS_PER_CHUNK_CPU`
+            on a CPU). The result does not depend on
             it beyond the order in which the callables consume random numbers.
         proposal: ``"q"`` or ``"prior"``.
 
@@ -126,7 +131,8 @@ def log_importance_weights(
     B = check_data(x)
     K = _check_count("K", K)
     if chunk_size is None:
-        chunk_size = max(1, PAIRS_PER_CHUNK // B)
+        pairs = PAIRS_PER_CHUNK_CPU if x.device.type == "cpu" else PAIRS_PER_CHUNK
+        chunk_size = max(1, pairs // B)
     chunk_size = _check_count("chunk_size", chunk_size)
     if proposal not in ("q", "prior"):
         raise ValueError(f"proposal must be 'q' or 'prior', got {proposal!r}")

@@ -117,9 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
     e.add_argument("--ais-steps", type=int, default=500,
                    help="AIS intermediate distributions; 0 turns AIS off (default 500)")
-    e.add_argument("--ais-initial", default="auto", choices=("auto", "prior", "q"),
-                   help="start of the annealing path: q(z|x) where the guide has a density "
-                        "(auto, the default), or the prior")
+    e.add_argument("--ais-initial", default="auto", choices=("auto", "prior", "q", "laplace"),
+                   help="start of the annealing path: auto (the default) is q(z|x) where the "
+                        "guide is an inference network with a density, else a Gaussian at the "
+                        "posterior's mode (laplace); or the prior")
     e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
     e.add_argument("--ais-pilot-chains", type=int, default=4,
                    help="extra chains per datapoint that tune the step sizes; their weights "

@@ -180,8 +180,9 @@ def check_same_run(out: Path, config: dict) -> None:
     saved = read_config(out)
     new = json.loads(json.dumps(config))  # tuples become lists, as in config.json
     if saved.get("model") != new["model"]:
-        raise CheckpointError(f"{out} holds a {saved.get('model')} run, not a {new['model']}; "
-                              "resume it as what it is, or choose another output directory")
+        raise CheckpointError(f"{out} holds a run of model {saved.get('model')}, not "
+                              f"{new['model']}; resume it as what it is, or choose another "
+                              "output directory")
     for section in ("model_config", "data", "fit"):
         old = saved.get(section)
         if not isinstance(old, dict):

@@ -196,6 +196,7 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
     else:  # a new run, or one resumed that was killed before its first checkpoint
         if not resume:
             io.refuse_existing_run(out)
+            dist.barrier()  # every rank has looked before rank 0 writes config.json
         pyro.set_rng_seed(cfg.seed)
         model.initialize(x_train, y_train)
         config = io.run_config(model, data, cfg, device)

@@ -89,7 +89,9 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with its saved settings")
+                   help="continue the run in --out with its saved settings, to its own "
+                        "number of epochs unless --epochs is given; any other option given "
+                        "must agree with its config.json (only --device may also change)")
     t.add_argument("--no-ae-baseline", action="store_true",
                    help="vae only: skip the autoencoder trained beside it for the "
                         "interpolation figure")

@@ -241,7 +241,7 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
 
     if out is not None and resume:  # before any file is touched
         io.check_same_run(out, io.run_config(gan, data, cfg, device, trainer="adversarial"))
-    if out is not None and resume and (out / io.CHECKPOINT).is_file():
+    if out is not None and resume and io.check_resumable(out):
         ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(gan, ckpt["model"], out / io.CHECKPOINT)
         opt_g.load_state_dict(ckpt["opt_g"])

@@ -13,7 +13,8 @@ checkpoint is the one commit point: it holds the history rows and the best weigh
 history.csv and model.safetensors are written from it (after it, and again on resume), so a
 kill between any two writes loses nothing. ``resume=True`` first checks that the model, data
 and settings are those of config.json (only ``epochs`` and ``device`` may change); a run
-killed before its first checkpoint starts again from its beginning.
+killed before its first checkpoint starts again from its beginning, and one that lost its
+checkpoint but kept its weights or history is refused (:func:`pgm.io.check_resumable`).
 
 Under ``torchrun`` (a process group joined by :func:`pgm.distributed.init`) the same loop is
 data parallel over W ranks: each epoch's permutation (shared seed) is padded by wrapping
@@ -178,7 +179,7 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
 
     if out is not None and resume:  # before any file is touched
         io.check_same_run(out, io.run_config(model, data, cfg, device))
-    if out is not None and resume and (out / io.CHECKPOINT).is_file():
+    if out is not None and resume and io.check_resumable(out):
         ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(model, ckpt["model"], out / io.CHECKPOINT)
         opt.load_state_dict(ckpt["optimizer"])

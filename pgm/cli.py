@@ -233,6 +233,7 @@ def _check_resume(args, out: Path, cls) -> tuple[dict, object]:
     check_model(out, saved, cls.name)
     given = args.given & set(GAN_OPTIONS) if cls.trainer == "adversarial" else args.given
     check_options(out, saved, vars(args), given)
+    io.check_resumable(out)
     return saved, _run_data(saved)
 
 

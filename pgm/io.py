@@ -172,6 +172,22 @@ def resume_checkpoint(out: Path, device: torch.device) -> dict:
     return ckpt
 
 
+def check_resumable(out: Path) -> bool:
+    """True if the run in ``out`` has a checkpoint to resume from; False if it was killed
+    before its first (nothing of it but config.json and what is drawn before a checkpoint:
+    resuming starts it again); CheckpointError if it has lost its checkpoint but kept weights,
+    history or eval/, which resuming would train a new model over."""
+    if (out / CHECKPOINT).is_file():
+        return True
+    found = [name for name in RUN_FILES if name not in (CONFIG, CHECKPOINT)
+             and (out / name).exists()]
+    if found:
+        raise CheckpointError(f"{out} has no {CHECKPOINT} to resume from, but has "
+                              f"{', '.join(found)}: resuming would train a new model over "
+                              "them; start a new run in another directory")
+    return False
+
+
 def check_same_run(out: Path, config: dict) -> None:
     """Refuse to resume the run in ``out`` as anything else: CheckpointError naming the first
     setting of ``config`` (a :func:`run_config`) that differs from ``out``/config.json -- the

@@ -113,6 +113,14 @@ def test_a_gan_run_without_its_checkpoint_is_a_run(gan_run, tmp_path, capsys):
     assert "already holds a run (config.json, model.safetensors, history.csv)" in line
 
 
+def test_resume_of_a_run_that_lost_its_checkpoint_is_refused(vae_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run)
+    (run / io.CHECKPOINT).unlink()  # resuming would train a new model over its weights
+    line = _refused(["train", "vae", "--resume", "--out", str(run), *QUIET], run, capsys)
+    assert "no checkpoint.pt to resume from, but has model.safetensors, history.csv, eval" in line
+
+
 def test_resume_where_no_run_is_refused_and_makes_nothing(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -69,8 +69,10 @@ class Step:
         return "pgm " + " ".join(self.argv)
 
     def argv_now(self) -> list[str]:
-        """The command line to run now: a training step resumes from its checkpoint."""
-        resume = self.argv[0] == "train" and (self.run / io.CHECKPOINT).is_file()
+        """The command line to run now: a training step that has begun (its config.json is
+        written) resumes, from its last checkpoint or, killed before the first, from the
+        start."""
+        resume = self.argv[0] == "train" and (self.run / io.CONFIG).is_file()
         return [*self.argv, "--resume"] if resume else list(self.argv)
 
 

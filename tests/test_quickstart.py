@@ -51,12 +51,14 @@ def test_a_second_run_skips_finished_steps(quickstart, capsys):
     assert out.count("finished earlier, skipped") == len(plan(quickstart, size="small"))
 
 
-def test_an_interrupted_training_step_resumes_from_its_checkpoint(tmp_path):
+def test_an_interrupted_training_step_resumes_once_it_has_begun(tmp_path):
     steps = plan(tmp_path, size="small", data="digits")
     train_vae = steps[0]
     assert train_vae.argv_now()[-1] != "--resume"
     (tmp_path / "vae").mkdir()
-    (tmp_path / "vae" / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "vae" / ".lock").write_bytes(b"")  # a kill's leftovers are no run
+    assert train_vae.argv_now()[-1] != "--resume"
+    (tmp_path / "vae" / "config.json").write_bytes(b"")  # killed before its first checkpoint
     assert train_vae.argv_now()[-1] == "--resume"
     assert steps[-1].argv_now() == list(steps[-1].argv)  # evaluation simply reruns
     assert finished(tmp_path) == set()

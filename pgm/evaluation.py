@@ -429,7 +429,7 @@ def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject
     if cfg.explicit_view or not base.has_density:
         from pgm.models.explicit import fit_sigma
 
-        choice = fit_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
+        choice = fit_sigma(base, data.x_valid, n=20, ais_steps=50, ais_chains=4,
                            pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
                            seed=cfg.seed,
                            y_valid=data.y_valid)

@@ -57,15 +57,24 @@ DESCRIPTIONS = {
 }
 
 
+#: The suffix of a conditional model's log p(x | y) estimates beside its log p(x) ones.
+GIVEN_SUFFIX = "_given_y"
+
+
 def _sort_key(name: str):
+    given = name.endswith(GIVEN_SUFFIX)  # log p(x | y) after every log p(x)
+    name = name.removesuffix(GIVEN_SUFFIX)
     for i, prefix in enumerate(ORDER):
         if name == prefix or (prefix == "iwae" and name.startswith("iwae_")):
             k = name.rsplit("_", 1)[-1]
-            return (i, "prior" in name, int(k) if k.isdigit() else 0)
-    return (len(ORDER), False, 0)
+            return (given, i, "prior" in name, int(k) if k.isdigit() else 0)
+    return (given, len(ORDER), False, 0)
 
 
 def describe(name: str) -> str:
+    if name.endswith(GIVEN_SUFFIX):
+        return describe(name.removesuffix(GIVEN_SUFFIX)).replace(
+            "log p(x)", "log p(x | y)") + ", of log p(x | y) at the datapoint's label"
     if name.startswith("iwae_prior_"):
         return f"IWAE bound, K={name.rsplit('_', 1)[1]}, prior as proposal"
     if name.startswith("iwae_"):
@@ -102,14 +111,18 @@ def bound_checks(estimators) -> list[dict]:
     pairs, seen = [], set()
     lower = [(k, e) for k, e in estimators.items() if e.bound == "lower"
              and id(e) not in seen and not seen.add(id(e))]
-    for proposal in {e.extra.get("proposal") for _, e in lower if "K" in e.extra}:
+
+    def of(e):  # what it estimates: log p(x), or a conditional model's log p(x | y)
+        return e.extra.get("quantity", "log p(x)")
+
+    for group in {(e.extra.get("proposal"), of(e)) for _, e in lower if "K" in e.extra}:
         chain = sorted(((e.extra["K"], k) for k, e in lower
-                        if "K" in e.extra and e.extra.get("proposal") == proposal))
+                        if "K" in e.extra and (e.extra.get("proposal"), of(e)) == group))
         pairs += [(a, b, 0.0) for (_, a), (_, b) in zip(chain[:-1], chain[1:])]
     for ref, r in estimators.items():
         if r.bound in ("exact", "numerical", "upper"):
             slack = r.extra.get("tol", 0.0) if r.bound == "numerical" else 0.0
-            pairs += [(k, ref, slack) for k, e in lower if e.data == r.data]
+            pairs += [(k, ref, slack) for k, e in lower if e.data == r.data and of(e) == of(r)]
     checks = []
     for lo_name, hi_name, slack in pairs:
         a, b = estimators[lo_name].per_datapoint, estimators[hi_name].per_datapoint
@@ -137,11 +150,15 @@ def results_dict(evaluation, *, run: str, dataset: str, device: str,
             "config": to_dict(evaluation.config),
             "estimators": {name: e.summary() for name, e in est.items()},
             "best": evaluation.best(),
+            **({"best_given_y": evaluation.best("log p(x | y)")} if any(
+                e.extra.get("quantity") == "log p(x | y)" for e in est.values()) else {}),
             "checks": bound_checks(est)}
 
 
 def _figures(evaluation, out_dir: Path) -> list[Path]:
-    est = evaluation.estimators
+    # log p(x) only: a conditional model's log p(x | y) estimates are in the tables
+    est = {k: e for k, e in evaluation.estimators.items()
+           if e.extra.get("quantity", "log p(x)") == "log p(x)"}
     written = []
     iwae = sorted((e.extra["K"], k) for k, e in est.items() if e.bound == "lower" and
                   e.extra.get("proposal") == "q" and "K" in e.extra and e.data == "test")
@@ -161,7 +178,7 @@ def _figures(evaluation, out_dir: Path) -> list[Path]:
             plots.bounds_vs_k([K for K, _ in iwae], means, ses, lines=lines, n=m),
             out_dir / "bounds_vs_k.png"))
         best = evaluation.best()
-        elbo = iwae[0][1]
+        elbo = "elbo" if "elbo" in est else iwae[0][1]
         m2 = min(est[elbo].n, est[best].n)
         gaps = {f"{best} - ELBO": (est[best].per_datapoint[:m2] - est[elbo].per_datapoint[:m2])}
         if "gap_amortization" in est:

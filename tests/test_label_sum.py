@@ -80,10 +80,10 @@ def _paired(est, truth):
 
 
 @pytest.fixture(scope="module")
-def exact_q():
+def exact_q():  # every label (the wrong guide's evaluation takes the default margin, 30 nats)
     m = _model(exact_q=True)
     data = _data(m)
-    return m, data, evaluate(m, data, EvalConfig(**CFG))
+    return m, data, evaluate(m, data, EvalConfig(**CFG, label_margin=math.inf))
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,8 @@ def test_with_a_wrong_guide_bounds_sit_below_within_their_standard_errors(wrong_
     given, log_px = _closed_form(m, data.x_test)
     own = given[data.y_test, torch.arange(len(data.y_test))]
     est = ev.estimators
+    assert est["quadrature"].extra["labels"] < C  # some labels were > 30 nats below the best
+    assert (est["quadrature"].per_datapoint - log_px).abs().max() < 2e-3
     for suffix, truth in (("", log_px), ("_given_y", own)):
         elbo, _ = _paired(est["elbo" + suffix], truth)
         assert elbo < -0.1  # a guide this far off leaves a gap
@@ -162,3 +164,20 @@ def test_without_the_label_sum_the_evaluation_is_conditional_only(exact_q):
     given, _ = _closed_form(m, data.x_test)
     own = given[data.y_test, torch.arange(len(data.y_test))]
     assert (ev.estimators["quadrature"].per_datapoint - own).abs().max() < 2e-3
+
+
+def test_quadrature_and_ais_may_skip_labels_far_below_the_best(exact_q):
+    """A margin that leaves labels out: quadrature and AIS sum fewer non-negative terms, so
+    they sit below the full sum, record how many labels they took and the share IWAE gave
+    the others; the datapoints' own labels are always taken, so log p(x | y) is unchanged."""
+    m, data, full = exact_q
+    ev = evaluate(m, data, EvalConfig(**CFG, label_margin=2.0))
+    q, qf = ev.estimators["quadrature"], full.estimators["quadrature"]
+    assert q.extra["labels"] < C and 0 < q.extra["dropped_share_max"] < 1
+    assert (q.per_datapoint <= qf.per_datapoint + 1e-9).all()
+    assert (q.per_datapoint < qf.per_datapoint - 1e-3).any()
+    assert torch.equal(ev.estimators["quadrature_given_y"].per_datapoint,
+                       full.estimators["quadrature_given_y"].per_datapoint)
+    assert full.estimators["quadrature"].extra["labels"] == C
+    assert ev.estimators["ais"].extra["labels"] < C
+    assert ev.extra["label_prior"]["margin"] == 2.0

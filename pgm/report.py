@@ -207,10 +207,10 @@ def _fmt(v, digits=2) -> str:
 
 
 SETTINGS = ("K", "num_blocks", "num_steps", "num_chains", "num_leapfrog", "schedule", "initial",
-            "method", "log_px_from", "data")
+            "method", "log_px_from", "data", "labels")
 DIAGNOSTICS = ("khat_max", "khat_frac_above_0_7", "acceptance", "divergences", "ess_mean",
                "sandwich_mean", "change_max", "converged_frac", "final_gain_max", "rhat_max",
-               "ess_bulk_min")
+               "ess_bulk_min", "dropped_share_max")
 
 
 def table_rows(results: dict) -> list[list[str]]:

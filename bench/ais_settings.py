@@ -6,6 +6,12 @@ chose it), AIS at each setting is compared image by image with a long reference 
 
     python bench/ais_settings.py runs/quickstart/vae --sigma 0.144 --initial q
     python bench/ais_settings.py runs/quickstart/gan --sigma 0.212 --initial prior
+    python bench/ais_settings.py runs/quickstart/gan --sigma 0.212 --initial laplace
+
+``--initial laplace`` starts from :func:`pgm.inference.laplace.laplace_proposal` (its fit is
+timed once and printed; every setting shares it). ``--reference`` chooses where the
+reference run starts (default: where the settings start), so that starts can be compared
+against one reference.
 
 ``work`` is T (L + 1) (C + P): gradient evaluations per datapoint. The quickstart's settings
 (pgm/quickstart.py) come from this table.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import torch
@@ -35,7 +42,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--sigma", type=float, required=True)
-    p.add_argument("--initial", choices=("q", "prior"), required=True)
+    p.add_argument("--initial", choices=("q", "prior", "laplace"), required=True)
+    p.add_argument("--reference", choices=("q", "prior", "laplace"), default=None)
+    p.add_argument("--reference-file", default=None,
+                   help="keep the reference run's per-datapoint values here (.pt) and reuse "
+                        "them when the file exists")
+    p.add_argument("--settings", default=None,
+                   help="T,C,P,L;T,C,P,L;... instead of the built-in list")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -49,17 +62,37 @@ def main():
     x = data.x_test[:args.n]
     y = data.y_test[:args.n] if getattr(model, "conditional", False) else None
     f = latent_callables(view, y)
+    starts = {"q": (f, "q"), "prior": (f, "prior")}
+    if "laplace" in (args.initial, args.reference):
+        from pgm.inference.laplace import laplace_proposal
+
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        starts["laplace"] = (laplace_proposal(f, x), "q")
+        print(f"Laplace proposal fitted in {time.perf_counter() - t0:.1f} s")
+    settings = SETTINGS if args.settings is None else [
+        tuple(int(v) for v in item.split(",")) for item in args.settings.split(";")]
     ref = None
+    if args.reference_file and os.path.exists(args.reference_file):
+        ref = torch.load(args.reference_file)
+        assert len(ref) == len(x), "the reference file holds another number of datapoints"
+        print(f"reference from {args.reference_file}: mean {ref.mean().item():.3f}")
     print(f"{'T':>5s} {'C':>2s} {'P':>2s} {'L':>3s} {'work':>7s} {'mean':>10s} "
           f"{'minus reference':>18s} {'seconds':>8s}")
-    for T, C, P, L in [REFERENCE, *SETTINGS]:
+    for i, (T, C, P, L) in enumerate([REFERENCE, *settings]):
+        if i == 0 and ref is not None:
+            continue
+        g, initial = starts[args.reference or args.initial] if i == 0 else starts[args.initial]
         gen = torch.Generator().manual_seed(1)
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        r = ais(f, x, schedule=sigmoid_schedule(T), num_chains=C, pilot_chains=P,
-                num_leapfrog=L, initial=args.initial, generator=gen)
+        r = ais(g, x, schedule=sigmoid_schedule(T), num_chains=C, pilot_chains=P,
+                num_leapfrog=L, initial=initial, generator=gen)
         seconds = time.perf_counter() - t0
-        ref = r.per_datapoint if ref is None else ref
+        if ref is None:
+            ref = r.per_datapoint
+            if args.reference_file:
+                torch.save(ref, args.reference_file)
         diff = r.per_datapoint - ref
         se = diff.std().item() / math.sqrt(len(diff))
         print(f"{T:5d} {C:2d} {P:2d} {L:3d} {T * (L + 1) * (C + P):7d} {r.mean:10.3f} "

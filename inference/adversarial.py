@@ -28,8 +28,8 @@ every k D steps. Per step the loop records D(real) and D(fake) (mean probabiliti
 step), D's accuracy (real > 1/2 and fake < 1/2), and both losses; history.csv holds their
 per-epoch means, plus D on the validation data and on fixed fakes in eval mode at the epoch's
 end (``d_valid``, ``d_gen``: at the game's equilibrium both are 1/2 and D's loss is 2 log 2),
-``seconds``, the training pass's wall time, and ``save_seconds`` (the sample grid and the
-weights). RUN/steps.csv keeps every step.
+``seconds``, the training pass's wall time, and ``save_seconds`` (the ``on_epoch`` work, such
+as the sample grid). RUN/steps.csv keeps every step.
 
 With ``out`` the run directory has the layout of :func:`pgm.fit` (config.json with model
 "gan", model.safetensors, checkpoint.pt, history.csv) and, for 1-D data, snapshots.json: D(x),
@@ -41,9 +41,12 @@ is an ``on_epoch`` callback that gets an :class:`EpochEnd`; the loop draws nothi
 GAN has no validation likelihood to pick a "best" epoch, so model.safetensors holds the last
 epoch's weights. ``resume=True`` continues to the result of an uninterrupted run (shuffling
 is seeded by (seed, epoch); the RNG state, the optimizers and the logs are in the checkpoint,
-which is written before the CSV/JSON views of the logs). With ``lr_schedule="linear"`` the
-rates depend on ``epochs``, so only a resume with the same ``epochs`` repeats the
-uninterrupted run; a constant rate also continues exactly to more epochs.
+the run's one commit point, and the weights and the CSV/JSON views of the logs are written
+from it after it and again on resume). ``resume=True`` first checks that the model, data and
+settings are those of config.json (only ``epochs`` and ``device`` may change). With
+``lr_schedule="linear"`` the rates depend on ``epochs``, so only a resume with the same
+``epochs`` repeats the uninterrupted run; a constant rate also continues exactly to more
+epochs.
 """
 
 from __future__ import annotations
@@ -175,6 +178,17 @@ def make_optimizers(gan, cfg: GANFitConfig):
 # ----------------------------------------------------------------------------- the loop
 
 
+def _write_views(out: Path, weights: dict, history: list[dict], steps: list[list],
+                 x_grid: torch.Tensor, snapshots: list[dict]) -> None:
+    """model.safetensors, history.csv, steps.csv and (1-D data) snapshots.json: views of the
+    checkpoint, written after it and again on resume, never read back by training."""
+    io.save_weights(weights, out / io.WEIGHTS)
+    io.write_history(out / io.HISTORY, history)
+    write_steps(out / STEPS, steps)
+    if snapshots:
+        save_snapshots(out / SNAPSHOTS, x_grid, snapshots)
+
+
 class EpochEnd(NamedTuple):
     """What :func:`fit_gan`'s ``on_epoch`` callback gets at the end of each epoch."""
 
@@ -225,8 +239,10 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
     snapshots: list[dict] = []
     start_epoch = 0
 
-    if out is not None and resume:
-        ckpt = io.resume_checkpoint(out, cfg, device)
+    if out is not None and resume:  # before any file is touched
+        io.check_same_run(out, io.run_config(gan, data, cfg, device, trainer="adversarial"))
+    if out is not None and resume and io.check_resumable(out):
+        ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(gan, ckpt["model"], out / io.CHECKPOINT)
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
@@ -234,8 +250,11 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
         history = list(ckpt["history"])
         steps = [[int(r[0]), int(r[1]), *r[2:]] for r in ckpt["steps"].tolist()]
         x_grid, snapshots = ckpt["x_grid"], list(ckpt["snapshots"])
-    else:
-        io.refuse_existing_run(out)
+        # a kill may have come between the checkpoint and its views
+        _write_views(out, ckpt["model"], history, steps, x_grid, snapshots)
+    else:  # a new run, or one resumed that was killed before its first checkpoint
+        if not resume:
+            io.refuse_existing_run(out)
         pyro.set_rng_seed(cfg.seed)
         x_grid = snapshot_grid(gan, data.x_train, cfg.seed) if one_d else torch.zeros(0)
         if one_d:
@@ -303,10 +322,9 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
             on_epoch(EpochEnd(gan, epoch + 1, due, out, data, z_fixed, x_grid,
                               snapshots[-1] if one_d else None))
         if out is not None:
-            io.save_weights(gan, out / io.WEIGHTS)
-            row["save_seconds"] = time.perf_counter() - t2  # the sample grid and the weights
-            # The checkpoint holds everything resume needs, the logs included, so a run killed
-            # while the CSV/JSON views below are written still resumes exactly.
+            row["save_seconds"] = time.perf_counter() - t2  # the sample grid
+            # The checkpoint commits the epoch, the logs included; the files written after it
+            # are views of it, written again on resume, so a kill anywhere resumes exactly.
             state = {"format": io.RUN_FORMAT, "epoch": epoch + 1, "model": gan.state_dict(),
                      "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                      "rng_cpu": torch.get_rng_state(), "fit_config": to_dict(cfg),
@@ -315,10 +333,7 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             io.save_checkpoint(state, out / io.CHECKPOINT)
-            io.write_history(out / io.HISTORY, [*history, row])
-            write_steps(out / STEPS, steps)
-            if one_d:
-                save_snapshots(out / SNAPSHOTS, x_grid, snapshots)
+            _write_views(out, gan.state_dict(), [*history, row], steps, x_grid, snapshots)
         history.append(row)
         bar.set_postfix(d_real=f"{means['d_real']:.2f}", d_fake=f"{means['d_fake']:.2f}")
     if one_d:

@@ -8,7 +8,13 @@ closed-form EM step on the whole training set per epoch in place of the minibatc
 from tensors that live on the device, optional KL warm-up (beta rising linearly to 1),
 a learning-rate schedule, gradient clipping, a validation ELBO each epoch, early stopping
 with best-weights restore, and -- given a run directory -- an atomic checkpoint each epoch
-from which ``resume=True`` continues to the same result as an uninterrupted run.
+from which ``resume=True`` continues to the same result as an uninterrupted run. The
+checkpoint is the one commit point: it holds the history rows and the best weights, and
+history.csv and model.safetensors are written from it (after it, and again on resume), so a
+kill between any two writes loses nothing. ``resume=True`` first checks that the model, data
+and settings are those of config.json (only ``epochs`` and ``device`` may change); a run
+killed before its first checkpoint starts again from its beginning, and one that lost its
+checkpoint but kept its weights or history is refused (:func:`pgm.io.check_resumable`).
 
 Under ``torchrun`` (a process group joined by :func:`pgm.distributed.init`) the same loop is
 data parallel over W ranks: each epoch's permutation (shared seed) is padded by wrapping
@@ -108,6 +114,14 @@ def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
     return total.item() / len(x)
 
 
+def _write_views(out: Path, history: list[dict], best_state: dict | None) -> None:
+    """history.csv and (given ``best_state``) model.safetensors: views of the checkpoint,
+    written after it and again on resume, never read back by training."""
+    io.write_history(out / io.HISTORY, history)
+    if best_state is not None:
+        io.save_weights(best_state, out / io.WEIGHTS)
+
+
 def fit(model, data, config: FitConfig | None = None, *, out: str | Path | None = None,
         resume: bool = False, progress: bool | None = None, log=None,
         **overrides) -> list[dict]:
@@ -163,17 +177,27 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
     best_elbo, bad_epochs, start_epoch = -math.inf, 0, 0
     best_state = copy.deepcopy(model.state_dict())
 
-    if out is not None and resume:
-        ckpt = io.resume_checkpoint(out, cfg, device)
+    if out is not None and resume:  # before any file is touched
+        io.check_same_run(out, io.run_config(model, data, cfg, device))
+    if out is not None and resume and io.check_resumable(out):
+        ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(model, ckpt["model"], out / io.CHECKPOINT)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best_elbo, bad_epochs = ckpt["epoch"], ckpt["best_elbo"], ckpt["bad_epochs"]
-        history = io.read_history(out / io.HISTORY)[:start_epoch]
-        io.load_weights(best_model := copy.deepcopy(model), out / io.WEIGHTS)
-        best_state = copy.deepcopy(best_model.state_dict())
-    else:
-        io.refuse_existing_run(out)
+        if "history" in ckpt:
+            history = list(ckpt["history"])
+            best_state = copy.deepcopy(ckpt["best_model"] or model.state_dict())
+        else:  # an older pgm kept neither in its checkpoint: the views are the record
+            history = io.read_history(out / io.HISTORY)[:start_epoch]
+            io.load_weights(best_model := copy.deepcopy(model), out / io.WEIGHTS)
+            best_state = copy.deepcopy(best_model.state_dict())
+        if writes:  # a kill may have come between the checkpoint and its views
+            _write_views(out, history, best_state)
+    else:  # a new run, or one resumed that was killed before its first checkpoint
+        if not resume:
+            io.refuse_existing_run(out)
+            dist.barrier()  # every rank has looked before rank 0 writes config.json
         pyro.set_rng_seed(cfg.seed)
         model.initialize(x_train, y_train)
         config = io.run_config(model, data, cfg, device)
@@ -263,18 +287,19 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
         if log is not None:  # before the checkpoint: a resumed run repeats an unsaved epoch
             log.log_metrics({k: v for k, v in row.items()
                              if k not in ("epoch", "checkpoint_seconds")}, epoch + 1)
-        if writes:
-            if bad_epochs == 0:
-                io.save_weights(model, out / io.WEIGHTS)
+        if writes:  # the checkpoint commits the epoch, history row and best weights included
             state = {"format": io.RUN_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "rng_cpu": torch.get_rng_state(), "best_elbo": best_elbo,
-                     "bad_epochs": bad_epochs, "fit_config": to_dict(cfg)}
+                     "bad_epochs": bad_epochs, "fit_config": to_dict(cfg),
+                     "history": [*history, row],
+                     "best_model": None if bad_epochs == 0 else best_state}  # None: "model"
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             io.save_checkpoint(state, out / io.CHECKPOINT)
+            # known only now: the next checkpoint records it (a resume from this one shows 0)
             row["checkpoint_seconds"] = time.perf_counter() - t2
-            io.write_history(out / io.HISTORY, [*history, row])
+            _write_views(out, [*history, row], best_state if bad_epochs == 0 else None)
         history.append(row)
         bar.set_postfix(train=f"{train_elbo:.2f}", valid=f"{valid_elbo:.2f}")
         if stop:

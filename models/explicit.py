@@ -54,6 +54,7 @@ class MeanView(LatentVariableModel):
         super().__init__()
         self.base, self.conditional = base, base.conditional
         self.guide_density = base.guide_density  # an autoencoder's Delta stays no proposal
+        self.amortized_guide = base.amortized_guide
         init_gaussian_view(self, base, sigma)
 
     def prior(self, n, y=None):
@@ -140,18 +141,21 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
     :math:`\log p_{\sigma_t}(x_i)`. It starts where the view has a guide density (a VAE's
     encoder) from the sigma that maximises the view's IWAE_K with the guide's draws, which
     costs one decoder pass (:func:`_iwae_sigma`), else from ``sigma0`` (0.2); AIS starts from
-    the guide where there is one. It stops when sigma moves less than ``rtol`` or after
-    ``max_iter`` AIS runs, and keeps the evaluated sigma with the best score. A view with an
-    exact marginal (a mixture) is scored exactly on :data:`DEFAULT_SIGMAS` instead
-    (:func:`choose_sigma`). ``SigmaChoice.sigmas`` lists the sigmas EM evaluated, in order.
-    Cost: at most ``max_iter`` AIS runs of ``ais_steps`` steps on
-    ``n * (ais_chains + pilot_chains)`` rows, against one per grid point for :func:`choose_sigma`.
+    the guide where it is an inference network with a density, else from the Laplace proposal
+    at each sigma's posterior modes (:mod:`pgm.inference.laplace`; an autoencoder, a GAN). It
+    stops when sigma moves less than ``rtol`` or after ``max_iter`` AIS runs, and keeps the
+    evaluated sigma with the best score. A view with an exact marginal (a mixture) is scored
+    exactly on :data:`DEFAULT_SIGMAS` instead (:func:`choose_sigma`). ``SigmaChoice.sigmas``
+    lists the sigmas EM evaluated, in order. Cost: at most ``max_iter`` AIS runs of
+    ``ais_steps`` steps on ``n * (ais_chains + pilot_chains)`` rows, against one per grid point
+    for :func:`choose_sigma`.
     """
     if explicit_view(model, 1.0).exact_method is not None:
         return choose_sigma(model, x_valid, DEFAULT_SIGMAS, method="exact", n=n,
                             batch_size=batch_size, seed=seed, y_valid=y_valid)
     from pgm.inference.adapter import latent_callables
     from pgm.inference.ais import ais
+    from pgm.inference.laplace import laplace_proposal
     from pgm.inference.schedules import sigmoid_schedule
 
     t0 = time.perf_counter()
@@ -162,10 +166,10 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
     tried, means, ses = [], [], []
     try:
         view = explicit_view(model, 1.0)
-        initial = "q" if view.guide_density else "prior"
+        guide = view.guide_density and view.amortized_guide
         if sigma0 is None:
             torch.manual_seed(seed)
-            sigma0 = _iwae_sigma(view, x, y, K) if view.guide_density else 0.2
+            sigma0 = _iwae_sigma(view, x, y, K) if guide else 0.2
         sigma = float(sigma0)
         for _ in range(max_iter):
             view = explicit_view(model, sigma)
@@ -175,9 +179,12 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
                 yb = None if y is None else y[lo:lo + batch_size]
                 torch.manual_seed(seed * 1_000_003 + lo)
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + lo + 1)
-                est = ais(latent_callables(view, yb), xb, schedule=sigmoid_schedule(ais_steps),
-                          num_chains=ais_chains, pilot_chains=pilot_chains,
-                          num_leapfrog=num_leapfrog, initial=initial, generator=gen)
+                f = latent_callables(view, yb)
+                if not guide:  # at this sigma's posterior mode
+                    f = laplace_proposal(f, xb)
+                est = ais(f, xb, schedule=sigmoid_schedule(ais_steps), num_chains=ais_chains,
+                          pilot_chains=pilot_chains, num_leapfrog=num_leapfrog, initial="q",
+                          generator=gen)
                 per.append(est.per_datapoint)
                 z = est.extra["z_final"].to(device)  # (C, b, L); with the weights: p(z|x)
                 w = torch.softmax(est.extra["log_weights"], dim=0).to(device)  # (C, b)

@@ -326,6 +326,7 @@ class ExplicitGAN(LatentVariableModel):
     """
 
     name = "gan-explicit"
+    amortized_guide = False  # encode(x) is the prior: a valid proposal, not near p(z|x)
 
     def __init__(self, gan: GAN, sigma: float):
         super().__init__()

@@ -14,6 +14,7 @@ from pathlib import Path
 from pgm import distributed, runlock
 from pgm.errors import PgmError
 
+_UNSET = object()  # the default of a train option in the parser of _given
 TRAINABLE = ("vae", "vae2", "ae", "gmm", "ppca", "linear-gaussian", "cvae", "gan")
 
 
@@ -28,7 +29,9 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The ``pgm`` parser; ``suppress``: train options whose default is left unset (for
+    :func:`_given`)."""
     p = argparse.ArgumentParser(prog="pgm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -86,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with its saved settings")
+                   help="continue the run in --out with its saved settings, to its own "
+                        "number of epochs unless --epochs is given; any other option given "
+                        "must agree with its config.json (only --device may also change)")
     t.add_argument("--no-ae-baseline", action="store_true",
                    help="vae only: skip the autoencoder trained beside it for the "
                         "interpolation figure")
@@ -99,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", default=None,
                    help="mlflow only: where to log (a server, a database URI; default "
                         "$MLFLOW_TRACKING_URI, else sqlite RUN/mlflow.db)")
+    t.set_defaults(**dict.fromkeys(suppress, _UNSET))
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="run directory")
@@ -117,9 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
     e.add_argument("--ais-steps", type=int, default=500,
                    help="AIS intermediate distributions; 0 turns AIS off (default 500)")
-    e.add_argument("--ais-initial", default="auto", choices=("auto", "prior", "q"),
-                   help="start of the annealing path: q(z|x) where the guide has a density "
-                        "(auto, the default), or the prior")
+    e.add_argument("--ais-initial", default="auto", choices=("auto", "prior", "q", "laplace"),
+                   help="start of the annealing path: auto (the default) is q(z|x) where the "
+                        "guide is an inference network with a density, else a Gaussian at the "
+                        "posterior's mode (laplace); or the prior")
     e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
     e.add_argument("--ais-pilot-chains", type=int, default=4,
                    help="extra chains per datapoint that tune the step sizes; their weights "
@@ -176,9 +183,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _given(argv: list[str] | None) -> set[str]:
+    """The train options given on the command line ``argv``, not taken by default."""
+    every = vars(_parser().parse_args(argv))
+    given = vars(_parser(suppress=tuple(every)).parse_args(argv))
+    return {name for name, value in given.items() if value is not _UNSET}
+
+
 def _train(args) -> int:
     import contextlib
 
+    from pgm import io
     from pgm.models import get_model_class
     from pgm.tracking import open_logger
 
@@ -191,11 +206,39 @@ def _train(args) -> int:
     if cls.trainer == "adversarial" and distributed.launched():
         raise PgmError(f"pgm train {args.model} runs in one process; start it without torchrun")
     with runlock.hold(out, "pgm train"):  # one writer per run, its ae-baseline/ included
+        if args.resume:  # before any file is touched: the run is what the command line says
+            resumed = _check_resume(args, out, cls)
+        else:
+            io.refuse_existing_run(out)
+            resumed = None
         logger = open_logger(args.log, out, tracking_uri=args.tracking_uri, resume=args.resume)
         with logger or contextlib.nullcontext():
             if cls.trainer == "adversarial":
-                return _train_gan(args, out, progress, logger)
-            return _train_svi(args, out, progress, cls, logger)
+                return _train_gan(args, out, progress, logger, resumed)
+            return _train_svi(args, out, progress, cls, logger, resumed)
+
+
+def _run_data(config: dict):
+    """The dataset a run (its config.json) was trained on, split and binarised as it was."""
+    from pgm.data import load_dataset
+
+    d = config["data"]
+    return load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
+                        valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
+
+
+def _check_resume(args, out: Path, cls) -> tuple[dict, object]:
+    """The run's config.json and data, once the model kind and every option given on the
+    command line agree with them (:mod:`pgm.run_identity`); CheckpointError otherwise."""
+    from pgm import io
+    from pgm.run_identity import GAN_OPTIONS, check_model, check_options
+
+    saved = io.read_config(out)
+    check_model(out, saved, cls.name)
+    given = args.given & set(GAN_OPTIONS) if cls.trainer == "adversarial" else args.given
+    check_options(out, saved, vars(args), given)
+    io.check_resumable(out)
+    return saved, _run_data(saved)
 
 
 def _log_figures(logger, figures, history) -> None:
@@ -204,8 +247,9 @@ def _log_figures(logger, figures, history) -> None:
             logger.log_figure(path, history[-1]["epoch"] if history else 0)
 
 
-def _train_svi(args, out: Path, progress, cls, logger) -> int:
-    """A model trained by SVI (pgm.fit), and the baseline fitted beside it."""
+def _train_svi(args, out: Path, progress, cls, logger, resumed) -> int:
+    """A model trained by SVI (pgm.fit), and the baseline fitted beside it. ``resumed``:
+    the run's config.json and data, when it is resumed."""
     import pyro
 
     from pgm import io
@@ -214,22 +258,21 @@ def _train_svi(args, out: Path, progress, cls, logger) -> int:
     from pgm.inference.svi import FitConfig, fit
     from pgm.models import get_model_class
 
-    args.epochs = getattr(cls, "default_epochs", 30) if args.epochs is None else args.epochs
-    if args.resume:
-        saved = io.read_config(out)
-        d = saved["data"]
-        data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
-                            valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
-        model = io.build_model(saved)
-        cfg = from_dict(FitConfig, {**saved["fit"], "epochs": args.epochs, "device": args.device})
+    if resumed is not None:  # the run's own settings; its epochs unless --epochs says
+        saved, data = resumed
+        pyro.set_rng_seed(saved["fit"]["seed"])  # the initial weights of a new run, should
+        model = io.build_model(saved)            # it have been killed before its checkpoint
+        epochs = saved["fit"]["epochs"] if args.epochs is None else args.epochs
+        cfg = from_dict(FitConfig, {**saved["fit"], "epochs": epochs, "device": args.device})
     else:
         pyro.set_rng_seed(args.seed)
         data = load_dataset(args.data, binarize=args.binarize, seed=args.seed)
         model = _build_model(args, data)
         lr = args.lr if args.lr is not None else cls.default_lr
         objective = args.objective or getattr(cls, "default_objective", "elbo")
+        epochs = getattr(cls, "default_epochs", 30) if args.epochs is None else args.epochs
         cfg = FitConfig(objective=objective, num_particles=args.particles,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=lr,
+                        epochs=epochs, batch_size=args.batch_size, lr=lr,
                         lr_schedule=args.lr_schedule, clip_norm=args.clip_norm or None,
                         kl_warmup_epochs=args.kl_warmup, patience=args.patience or None,
                         min_epochs=args.min_epochs,
@@ -241,7 +284,7 @@ def _train_svi(args, out: Path, progress, cls, logger) -> int:
         pyro.set_rng_seed(cfg.seed)
         baseline = get_model_class(model.baseline)(model.config)
         fit(baseline, data, cfg, out=ae_out, progress=progress,
-            resume=args.resume and (ae_out / io.CHECKPOINT).exists())
+            resume=args.resume and (ae_out / io.CONFIG).exists())
     if not distributed.is_main():
         return 0
     figures = model.write_figures(out, data, history,
@@ -255,17 +298,20 @@ def _train_svi(args, out: Path, progress, cls, logger) -> int:
     return 0
 
 
-def _train_gan(args, out: Path, progress, logger) -> int:
-    """The GAN trains adversarially (pgm.inference.adversarial), on grey values."""
-    from pgm import io
+def _train_gan(args, out: Path, progress, logger, resumed) -> int:
+    """The GAN trains adversarially (pgm.inference.adversarial), on grey values. ``resumed``:
+    the run's config.json and data, when it is resumed."""
     from pgm.data import load_dataset
     from pgm.inference.adversarial import train_gan
 
-    saved = io.read_config(out)["fit"] if args.resume else {}
-    seed = saved.get("seed", args.seed)
-    epochs = args.epochs if args.epochs is not None else saved.get("epochs")  # None: per data
-    data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
-    settings = {} if args.lr is None else {"lr": args.lr}
+    if resumed is not None:  # the run's own settings; its epochs unless --epochs says
+        saved, data = resumed
+        seed, lr = saved["fit"]["seed"], saved["fit"]["lr"]
+        epochs = saved["fit"]["epochs"] if args.epochs is None else args.epochs
+    else:
+        seed, lr, epochs = args.seed, args.lr, args.epochs  # epochs None: per data
+        data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
+    settings = {} if lr is None else {"lr": lr}
     from pgm.models.gan_figures import save_epoch_samples
 
     gan, history = train_gan(data, out, epochs=epochs, seed=seed, device=args.device,
@@ -360,15 +406,13 @@ def _evaluate(args) -> int:
 
 def _evaluate_run(args) -> int:
     from pgm import io
-    from pgm.data import load_dataset
     from pgm.device import resolve_device
     from pgm.evaluation import EvalConfig, evaluate, with_preset
     from pgm.report import table_rows, write_evaluation
 
     run = io.load_run(args.run)
     d = run.config["data"]
-    data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
-                        valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
+    data = _run_data(run.config)
     cfg = with_preset(EvalConfig(
         ks=args.k, n=args.n, split=args.split, batch_size=args.batch_size,
         prior_proposal=args.prior_proposal, ais_steps=args.ais_steps,
@@ -481,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = _show_warning
     args = _parser().parse_args(argv)
+    args.given = _given(argv) if args.command == "train" else set()
     handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
                "quickstart": _quickstart, "datasets": _datasets}[args.command]
     try:

@@ -99,6 +99,7 @@ from pgm.inference.program import Program
 from pgm.inference.schedules import linear_schedule, sigmoid_schedule
 
 SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
+AIS_STARTS = ("auto", "prior", "q", "laplace")
 #: Quadrature stops refining when log p(x) moves less than this (nats); the decoders run in
 #: float32, whose rounding alone moves a 784-pixel log-likelihood by ~1e-4.
 QUADRATURE_TOL = 1e-3
@@ -125,8 +126,9 @@ class EvalConfig:
     ais_pilot_chains: int = 4  # extra chains per datapoint that tune the step sizes (ais())
     ais_leapfrog: int = 10
     ais_schedule: str = "sigmoid"
-    # p_0 of the annealing path: "prior", "q", or "auto": q(z|x) where the guide has a density
-    # (more accurate per second than the prior: bench/accuracy.py), else the prior
+    # p_0 of the annealing path: "prior", "q", "laplace" (pgm.inference.laplace), or "auto":
+    # q(z|x) where the guide is an inference network with a density (more accurate per second
+    # than the prior: bench/accuracy.py), else the Laplace proposal (bench/ais_settings.py)
     ais_initial: str = "auto"
     ais_n: int = 100  # AIS is run on the first ais_n of the n datapoints
     bdmc: bool = False  # BDMC sandwich on ais_n datapoints simulated from the model
@@ -156,8 +158,9 @@ class EvalConfig:
         if self.ais_schedule not in SCHEDULES:
             raise ValueError(f"unknown ais_schedule {self.ais_schedule!r}; "
                              f"known: {', '.join(SCHEDULES)}")
-        if self.ais_initial not in ("auto", "prior", "q"):
-            raise ValueError(f"ais_initial must be auto, prior or q, got {self.ais_initial!r}")
+        if self.ais_initial not in AIS_STARTS:
+            raise ValueError(f"ais_initial must be one of {', '.join(AIS_STARTS)}, "
+                             f"got {self.ais_initial!r}")
         if self.split not in ("train", "valid", "test"):
             raise ValueError(f"split must be train, valid or test, got {self.split!r}")
         if min(self.n, self.batch_size) < 1:
@@ -356,7 +359,8 @@ class Subject:
     """What :func:`evaluate` measures, and what the estimators may do with it.
 
     ``bind(lo, hi)`` gives the callables of datapoints [lo, hi) (labels bound);
-    ``guide_density``: the guide has a density (ELBO, IWAE, gaps apply); ``latent_dim``: length
+    ``guide_density``: the guide has a density (ELBO, IWAE, gaps apply); ``amortized_guide``:
+    it is an inference network, near p(z|x) (AIS's ``auto`` start); ``latent_dim``: length
     of the continuous latent vector (0: nothing for HMC to move); ``exact(lo, hi)``: exact
     log p(x) of those datapoints, or None, by ``exact_method``; ``simulate(n)``: n pairs
     (x, z) from the model and the callables of the simulated batch ``bind_sim(lo, hi)``, or
@@ -366,6 +370,7 @@ class Subject:
     bind: Callable[[int, int], LatentCallables]
     latent_dim: int
     guide_density: bool
+    amortized_guide: bool = True
     exact: Callable[[int, int], torch.Tensor] | None = None
     exact_method: str | None = None
     simulate: Callable[[int], tuple] | None = None
@@ -412,7 +417,8 @@ def model_subject(model, x: torch.Tensor, y: torch.Tensor | None, *,
 
     continuous = model.latent == "continuous"
     return Subject(x, bind, model.latent_dim if continuous else 0,
-                   guide_density=continuous and model.guide_density, exact=exact,
+                   guide_density=continuous and model.guide_density,
+                   amortized_guide=model.amortized_guide, exact=exact,
                    exact_method=model.exact_method, simulate=simulate if continuous else None,
                    labels=summed)
 
@@ -601,7 +607,7 @@ def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject
     if cfg.explicit_view or not base.has_density:
         from pgm.models.explicit import fit_sigma
 
-        choice = fit_sigma(base, data.x_valid, n=20, ais_steps=100, ais_chains=4,
+        choice = fit_sigma(base, data.x_valid, n=20, ais_steps=50, ais_chains=4,
                            pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
                            seed=cfg.seed,
                            y_valid=data.y_valid)
@@ -651,7 +657,8 @@ def measure(subject: Subject, cfg: EvalConfig, *, progress: Progress | None = No
     if hmc and n_ais > 0:
         initial = _initial(subject, cfg)
         if subject.labels is None:
-            estimators["ais"] = _ais(subject.bind, x[:n_ais], cfg, run, "ais", initial=initial)
+            estimators["ais"], _ = _ais(subject.bind, x[:n_ais], cfg, run, "ais",
+                                        initial=initial)
         else:
             estimators["ais"], estimators["ais" + GIVEN_SUFFIX] = _ais_labels(
                 subject.labels, x[:n_ais], cfg, run, initial=initial)
@@ -783,30 +790,58 @@ def _exact(subject: Subject, cfg: EvalConfig, run: dict) -> dict[str, Estimate]:
 
 
 def _initial(subject: Subject, cfg: EvalConfig) -> str:
-    """The start of AIS's path: the guide where it has a density (``auto``), else the prior."""
+    """The start of AIS's path (``auto``: the guide where it is an inference network with a
+    density, else the Laplace proposal)."""
     if cfg.ais_initial == "auto":
-        return "q" if subject.guide_density else "prior"
+        return "q" if subject.guide_density and subject.amortized_guide else "laplace"
     if cfg.ais_initial == "q" and not subject.guide_density:
         raise ValueError("ais_initial='q' needs a guide with a density; this model's guide is a "
-                         "point mass: use ais_initial='prior' (or 'auto')")
+                         "point mass: use ais_initial='laplace' or 'prior' (or 'auto')")
     return cfg.ais_initial
 
 
+def _start(bind, x: torch.Tensor, initial: str):
+    """The callables AIS runs on and its ``initial``. For ``"laplace"``: the model's
+    callables with :func:`~pgm.inference.laplace.laplace_proposal` fitted to each batch as
+    q(z|x), kept, so that BDMC's reverse pass starts from its forward pass's p_0; the third
+    value gives a batch's fitting time."""
+    if initial != "laplace":
+        return bind, initial, lambda lo, hi: 0.0
+    from pgm.inference.laplace import laplace_proposal
+
+    fitted: dict = {}
+
+    def bind_laplace(lo, hi):
+        if (lo, hi) not in fitted:
+            t0 = time.perf_counter()
+            f = laplace_proposal(bind(lo, hi), x[lo:hi])
+            fitted[(lo, hi)] = f, time.perf_counter() - t0
+        return fitted[(lo, hi)][0]
+
+    return bind_laplace, "q", lambda lo, hi: fitted[(lo, hi)][1]
+
+
 def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *,
-         initial: str) -> Estimate:
+         initial: str) -> tuple[Estimate, Callable]:
+    """AIS on ``x`` and the callables it ran on (``bind(lo, hi)``, with the proposal)."""
     from pgm.inference.ais import ais
 
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
+    bind, p0, fit_seconds = _start(bind, x, initial)
 
     def one(lo, hi, gen, tick):
         est = ais(bind(lo, hi), x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
                   pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
-                  initial=initial, generator=gen, progress=tick)
+                  initial=p0, generator=gen, progress=tick)
         est.extra.pop("z_final", None)
-        return est
+        fit = fit_seconds(lo, hi)  # the proposal's fit counts in AIS's time
+        est.extra.update(initial=initial, proposal_seconds=fit)
+        return replace(est, seconds=est.seconds + fit)
 
     parts = map_batches(one, len(x), stream=stream, stage=stage, **run)
-    return concat_estimates(parts, extra={"schedule": cfg.ais_schedule})
+    return concat_estimates(parts, extra={
+        "schedule": cfg.ais_schedule,
+        "proposal_seconds": sum(p.extra["proposal_seconds"] for p in parts)}), bind
 
 
 def _ais_labels(labels: LabelSum, x, cfg: EvalConfig, run: dict, *,
@@ -822,9 +857,18 @@ def _ais_labels(labels: LabelSum, x, cfg: EvalConfig, run: dict, *,
     def one(lo, hi, gen, tick):
         c, i = labels.rows(lo, hi)
         f, xr = labels.bind(x[lo:hi], c, i)
+        fit, p0 = 0.0, initial
+        if initial == "laplace":  # a Laplace proposal per (datapoint, label) row (_start)
+            from pgm.inference.laplace import laplace_proposal
+
+            t0 = time.perf_counter()
+            f, p0 = laplace_proposal(f, xr), "q"
+            fit = time.perf_counter() - t0
         est = ais(f, xr, schedule=schedule, num_chains=cfg.ais_chains,
                   pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
-                  initial=initial, generator=gen, progress=tick)
+                  initial=p0, generator=gen, progress=tick)
+        est.extra.update(initial=initial, proposal_seconds=fit)
+        est = replace(est, seconds=est.seconds + fit)
         total, given = _sum_labels(est, labels, lo, hi, c, i)
         if est.extra.get("se_chains") is not None:
             se = labels.matrix(est.extra["se_chains"], c, i, hi - lo).nan_to_num(neginf=0.0)
@@ -850,9 +894,10 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
         _seed_batch(cfg.seed, 0, "bdmc_sim")
         x, z, bind = subject.simulate(n)
     initial = _initial(subject, cfg)
-    lower = replace(_ais(bind, x, cfg, run, "bdmc forward", stream="bdmc", initial=initial),
-                    data="simulated")
+    lower, bind = _ais(bind, x, cfg, run, "bdmc forward", stream="bdmc", initial=initial)
+    lower = replace(lower, data="simulated")
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
+    initial = "q" if initial == "laplace" else initial  # bind's q(z|x) is the proposal
 
     # The reverse pass takes the forward run's pilot-tuned step sizes for the same x: tuned
     # from the prior with independent draws, never from the exact samples it starts at.

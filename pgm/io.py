@@ -9,12 +9,15 @@
       history.csv          one row per epoch: epoch, train_elbo, valid_elbo, beta, lr, seconds, ...
       figures/*.png
 
-Every file is written atomically (a temporary file in the same folder, then ``os.replace``),
-so an interrupted run never leaves a half-written file where a good one was; its temporary
-files are removed by the next writer, which holds ``RUN/.lock`` (:mod:`pgm.runlock`) while
-it writes, so two processes never write one run. Loading never
-unpickles arbitrary objects: safetensors for weights, ``torch.load(weights_only=True)`` for
-the checkpoint.
+The checkpoint is the run's single commit point: it holds the history rows (and the best
+weights) too, and history.csv and model.safetensors are views written from it after each
+checkpoint and again on resume, so a kill at any instant resumes to the run an uninterrupted
+one would have written, history included. Every file is written atomically (a temporary file
+in the same folder, then ``os.replace``), so an interrupted run never leaves a half-written
+file where a good one was; its temporary files are removed by the next writer, which holds
+``RUN/.lock`` (:mod:`pgm.runlock`) while it writes, so two processes never write one run.
+Loading never unpickles arbitrary objects: safetensors for weights,
+``torch.load(weights_only=True)`` for the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +53,11 @@ def _umask() -> int:
 
 _UMASK = _umask()
 
+#: A test seam: called with the destination of every atomic write once its temporary file is
+#: complete and before it replaces the old file. tests/test_kill_resume.py kills the process
+#: there (``os._exit``) at each write in turn, which is every point where a run's files change.
+on_write: Callable[[Path], None] | None = None
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
@@ -61,6 +70,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if on_write is not None:
+            on_write(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -89,8 +100,10 @@ def versions() -> dict[str, str]:
 
 
 # ---- weights and checkpoints -----------------------------------------------------------------
-def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_weights(model: torch.nn.Module | dict, path: str | Path) -> Path:
+    """A model's weights (or a state dict) as safetensors."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     return atomic_write_bytes(path, st_save(state, metadata={"format": RUN_FORMAT}))
 
 
@@ -142,30 +155,71 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 # ---- history and config ----------------------------------------------------------------------
-def resume_checkpoint(out: Path, cfg, device: torch.device) -> dict:
-    """The checkpoint of the run in ``out``, after checking that it was trained with ``cfg``
-    (a fit-config dataclass; only ``epochs`` and ``device`` may differ) and restoring torch's
-    random state from it, so the continued run draws what the uninterrupted one would."""
-    from dataclasses import replace
+#: The files and folders of a run: any one of them in a directory means a run is there (a
+#: leftover lock file or a killed write's temporary file does not).
+RUN_FILES = (CONFIG, WEIGHTS, CHECKPOINT, HISTORY, "eval")
+#: The fit settings a resumed run may change; every other recorded setting defines the run.
+RESUME_MAY_CHANGE = ("epochs", "device")
 
-    from .config import from_dict
 
+def resume_checkpoint(out: Path, device: torch.device) -> dict:
+    """The checkpoint of the run in ``out``, after restoring torch's random state from it, so
+    the continued run draws what the uninterrupted one would."""
     ckpt = load_checkpoint(out / CHECKPOINT, map_location=device)
-    saved = from_dict(type(cfg), ckpt["fit_config"])
-    if replace(saved, epochs=cfg.epochs, device=cfg.device) != cfg:
-        raise CheckpointError(f"{out} was trained with different settings; resume with the "
-                              "same options (only --epochs and --device may change)")
     torch.set_rng_state(ckpt["rng_cpu"])
     if device.type == "cuda" and "rng_cuda" in ckpt:
         torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
     return ckpt
 
 
+def check_resumable(out: Path) -> bool:
+    """True if the run in ``out`` has a checkpoint to resume from; False if it was killed
+    before its first (nothing of it but config.json and what is drawn before a checkpoint:
+    resuming starts it again); CheckpointError if it has lost its checkpoint but kept weights,
+    history or eval/, which resuming would train a new model over."""
+    if (out / CHECKPOINT).is_file():
+        return True
+    found = [name for name in RUN_FILES if name not in (CONFIG, CHECKPOINT)
+             and (out / name).exists()]
+    if found:
+        raise CheckpointError(f"{out} has no {CHECKPOINT} to resume from, but has "
+                              f"{', '.join(found)}: resuming would train a new model over "
+                              "them; start a new run in another directory")
+    return False
+
+
+def check_same_run(out: Path, config: dict) -> None:
+    """Refuse to resume the run in ``out`` as anything else: CheckpointError naming the first
+    setting of ``config`` (a :func:`run_config`) that differs from ``out``/config.json -- the
+    model, a model or data setting, or a fit setting other than :data:`RESUME_MAY_CHANGE`.
+    Settings that config.json does not record (a run of an older pgm) are not compared."""
+    saved = read_config(out)
+    new = json.loads(json.dumps(config))  # tuples become lists, as in config.json
+    if saved.get("model") != new["model"]:
+        raise CheckpointError(f"{out} holds a run of model {saved.get('model')}, not "
+                              f"{new['model']}; resume it as what it is, or choose another "
+                              "output directory")
+    for section in ("model_config", "data", "fit"):
+        old = saved.get(section)
+        if not isinstance(old, dict):
+            raise CheckpointError(f"{out / CONFIG} has no {section!r} settings")
+        for key, value in new[section].items():
+            if section == "fit" and key in RESUME_MAY_CHANGE or key not in old:
+                continue
+            if old[key] != value:
+                raise CheckpointError(
+                    f"{out} was trained with different settings: {section}.{key} is "
+                    f"{old[key]!r} there, {value!r} here; resume with the same settings (only "
+                    f"{' and '.join(RESUME_MAY_CHANGE)} may change)")
+
+
 def refuse_existing_run(out: Path | None) -> None:
-    """A new run never overwrites one: CheckpointError if ``out`` holds a checkpoint."""
-    if out is not None and (out / CHECKPOINT).exists():
-        raise CheckpointError(f"{out} already holds a run; pass resume=True (--resume) to "
-                              "continue it, or choose another output directory")
+    """A new run never overwrites one: CheckpointError if ``out`` holds any of
+    :data:`RUN_FILES`."""
+    found = [] if out is None else [name for name in RUN_FILES if (Path(out) / name).exists()]
+    if found:
+        raise CheckpointError(f"{out} already holds a run ({', '.join(found)}); pass resume=True "
+                              "(--resume) to continue it, or choose another output directory")
 
 
 def run_config(model, data, cfg, device: torch.device, **extra) -> dict:

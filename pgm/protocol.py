@@ -29,6 +29,10 @@ name:
 ``guide_density``        q(z|x) has a density; False for a point mass (the autoencoder): "log
                          q" is undefined, so neither ELBO nor IWAE bound log p(x) and the
                          estimators skip them (and the gaps); AIS and exact values apply
+``amortized_guide``      ``encode(x)`` is an inference network fitted to x; False where the
+                         guide is a stand-in that ignores x (a GAN's view: the prior). AIS's
+                         ``auto`` start takes q(z|x) only from a guide with a density that is
+                         amortized, else a Laplace proposal (:mod:`pgm.inference.laplace`)
 ``plain_distributions``  ``prior``/``encode``/``decode`` exist: the estimators' fast path
                          (tests/test_adapter.py) and, with a continuous latent (then
                          ``encode(x).rsample()`` is differentiable), training's fast ELBO
@@ -81,6 +85,7 @@ class LatentVariableModel(nn.Module):
     conditional: ClassVar[bool] = False
     latent: ClassVar[str] = "continuous"
     guide_density: ClassVar[bool] = True
+    amortized_guide: ClassVar[bool] = True
     plain_distributions: ClassVar[bool] = True
     exact_method: ClassVar[str | None] = None
     has_density: ClassVar[bool] = True

@@ -40,19 +40,22 @@ SIZES = ("default", "small")
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
 #: "default" takes about six minutes on 2 CPU cores (5.8 measured, 1.9 of them the five
 #: evaluations); "small" is for tests and smoke runs.
-#: AIS: (steps, leapfrog) for a model whose guide has a density (AIS starts from q(z|x)) and
-#: for one without (from the prior). Chosen on the quickstart's own VAE and GAN (50 test
-#: images, paired against T=1000 with 10 leapfrog steps and 4 pilot chains): from q, T=200 with
-#: 3 leapfrog steps sits 0.23 nats below that reference at a fifth of the T=300 x 10 cost (more
-#: steps with shorter trajectories buy more accuracy per gradient); from the prior it does not
-#: (-8 nats for the GAN at T=300 x 3), so those keep T=300 x 10 (-1.3 nats).
+#: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
+#: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
+#: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the
+#: quickstart's own runs (bench/ais_settings.py: 50 test images, paired against T=1000 with
+#: 10 leapfrog steps and 4 pilot chains): T=200 with 3 leapfrog steps sits 0.23 nats below
+#: that reference for the VAE from q and 0.01 for the autoencoder from Laplace, at a fifth of
+#: the T=300 x 10 cost; the GAN's posterior is far from Gaussian even at its modes (-6.2 nats
+#: at T=200 x 3), so it keeps 10 leapfrog steps (T=200 x 10: -0.6 nats, against -1.4 from the
+#: prior at T=300 x 10, which the quickstart used before).
 SETTINGS = {
     "default": {"epochs": 30, "gan_epochs": 100, "components": 100, "n": 50,
                 "k": "1,10,100,1000", "ais_n": 50, "ais_chains": 4, "ais_pilot_chains": 2,
-                "ais_q": (200, 3), "ais_prior": (300, 10)},
+                "ais": (200, 3), "ais_long": (200, 10)},
     "small": {"epochs": 2, "gan_epochs": 2, "components": 10, "n": 10,
               "k": "1,10", "ais_n": 10, "ais_chains": 2, "ais_pilot_chains": 2,
-              "ais_q": (20, 3), "ais_prior": (20, 10)},
+              "ais": (20, 3), "ais_long": (20, 10)},
 }
 
 
@@ -68,8 +71,10 @@ class Step:
         return "pgm " + " ".join(self.argv)
 
     def argv_now(self) -> list[str]:
-        """The command line to run now: a training step resumes from its checkpoint."""
-        resume = self.argv[0] == "train" and (self.run / io.CHECKPOINT).is_file()
+        """The command line to run now: a training step that has begun (its config.json is
+        written) resumes, from its last checkpoint or, killed before the first, from the
+        start."""
+        resume = self.argv[0] == "train" and (self.run / io.CONFIG).is_file()
         return [*self.argv, "--resume"] if resume else list(self.argv)
 
 
@@ -94,19 +99,17 @@ class Model:
     label: str
     run: Path
     figures: tuple[str, ...]
-    guide_density: bool = False  # AIS starts from its q(z|x) (pgm evaluate's --ais-initial auto)
+    long_ais: bool = False  # a posterior far from Gaussian: SETTINGS' ais_long
 
 
 def models(out: Path) -> list[Model]:
     """The runs the quickstart makes, in the order of the report."""
     return [
-        Model("VAE", out / "vae", ("samples.png", "reconstructions.png", "interpolation.png"),
-              guide_density=True),
+        Model("VAE", out / "vae", ("samples.png", "reconstructions.png", "interpolation.png")),
         Model("autoencoder", out / "vae" / "ae-baseline", ()),
         Model("Gaussian mixture", out / "gmm", ("samples.png", "components.png")),
-        Model("conditional VAE", out / "cvae", ("class_samples.png", "style_transfer.png"),
-              guide_density=True),
-        Model("GAN", out / "gan", ("samples.png", "training_curves.png")),
+        Model("conditional VAE", out / "cvae", ("class_samples.png", "style_transfer.png")),
+        Model("GAN", out / "gan", ("samples.png", "training_curves.png"), long_ais=True),
     ]
 
 
@@ -143,7 +146,7 @@ def plan(out: str | Path = "runs/quickstart", *, data: str = "mnist5k", size: st
                   "--ais-pilot-chains", str(s["ais_pilot_chains"]), "--posterior-check", "0",
                   "--sample-quality", "--seed", str(seed), "--device", device, *quiet)
     for m in models(out):
-        T, leapfrog = s["ais_q"] if m.guide_density else s["ais_prior"]
+        T, leapfrog = s["ais_long"] if m.long_ais else s["ais"]
         ais = ("--ais-steps", str(T), "--ais-leapfrog", str(leapfrog))
         steps.append(Step(f"evaluate the {m.label}",
                           ("evaluate", str(m.run), *estimators, *ais), m.run))

@@ -176,8 +176,10 @@ def test_a_point_mass_guide_gets_no_elbo_or_iwae_but_ais_and_exact(tmp_path):
     _check_le(ev.estimators["ais"], ev.estimators["quadrature"], slack=0.05)
     gap = (ev.estimators["quadrature"].per_datapoint - ev.estimators["ais"].per_datapoint).abs()
     assert gap.mean() < 0.2
-    # "auto" started AIS from the prior (no guide density); asking for q says why not
-    assert ev.estimators["ais"].extra["initial"] == "prior"
+    # "auto" started AIS from the Laplace proposal (no guide density; its fit counted in the
+    # time); asking for q says why not
+    assert ev.estimators["ais"].extra["initial"] == "laplace"
+    assert 0 < ev.estimators["ais"].extra["proposal_seconds"] < ev.estimators["ais"].seconds
     with pytest.raises(ValueError, match="point mass"):
         evaluate(ae, data, EvalConfig(ks=(1,), n=2, ais_steps=2, ais_n=2, ais_initial="q",
                                       posterior_check=0, exact=False, device="cpu"))

@@ -218,7 +218,7 @@ def test_evaluate_and_choose_sigma_on_the_toy(toy, gauss1d):
     model = gan.explicit_view(choice.sigma)
     ev = evaluate(model, gauss1d, EvalConfig(ks=(1, 100), n=40, batch_size=40, ais_steps=200,
                                              ais_chains=8, ais_n=20, posterior_check=0,
-                                             device="cpu"))
+                                             ais_initial="prior", device="cpu"))
     est = ev.estimators
     assert {"elbo", "iwae_100", "quadrature", "ais"} <= set(est)
     exact = est["quadrature"].per_datapoint

@@ -181,3 +181,14 @@ def test_quadrature_and_ais_may_skip_labels_far_below_the_best(exact_q):
     assert full.estimators["quadrature"].extra["labels"] == C
     assert ev.estimators["ais"].extra["labels"] < C
     assert ev.extra["label_prior"]["margin"] == 2.0
+
+
+def test_ais_from_a_laplace_proposal_sums_the_labels_too(wrong_q):
+    m, data, _ = wrong_q
+    ev = evaluate(m, data, EvalConfig(**{**CFG, "ks": (1, 10)}, ais_initial="laplace"))
+    given, log_px = _closed_form(m, data.x_test)
+    own = given[data.y_test, torch.arange(len(data.y_test))]
+    for name, truth in (("ais", log_px), ("ais_given_y", own)):
+        est = ev.estimators[name]
+        d, se = _paired(est, truth)
+        assert est.extra["initial"] == "laplace" and abs(d) <= max(3.5 * se, 0.03), (name, d)

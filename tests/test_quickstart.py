@@ -59,12 +59,14 @@ def test_a_second_run_skips_finished_steps(quickstart, capsys):
     assert out.count("finished earlier, skipped") == len(plan(quickstart, size="small"))
 
 
-def test_an_interrupted_training_step_resumes_from_its_checkpoint(tmp_path):
+def test_an_interrupted_training_step_resumes_once_it_has_begun(tmp_path):
     steps = plan(tmp_path, size="small", data="digits")
     train_vae = steps[0]
     assert train_vae.argv_now()[-1] != "--resume"
     (tmp_path / "vae").mkdir()
-    (tmp_path / "vae" / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "vae" / ".lock").write_bytes(b"")  # a kill's leftovers are no run
+    assert train_vae.argv_now()[-1] != "--resume"
+    (tmp_path / "vae" / "config.json").write_bytes(b"")  # killed before its first checkpoint
     assert train_vae.argv_now()[-1] == "--resume"
     assert steps[-1].argv_now() == list(steps[-1].argv)  # evaluation simply reruns
     assert finished(tmp_path) == set()
@@ -85,9 +87,9 @@ def test_the_plan_uses_one_evaluation_for_every_model(tmp_path):
         return tuple(argv)
 
     assert len({without_ais_length(e) for e in evaluations}) == 1
-    lengths = {m.guide_density: (e[e.index("--ais-steps") + 1], e[e.index("--ais-leapfrog") + 1])
+    lengths = {m.long_ais: (e[e.index("--ais-steps") + 1], e[e.index("--ais-leapfrog") + 1])
                for m, e in zip(models(tmp_path), evaluations)}
-    assert lengths == {True: ("200", "3"), False: ("300", "10")}
-    assert [m.label for m in models(tmp_path) if m.guide_density] == ["VAE", "conditional VAE"]
+    assert lengths == {False: ("200", "3"), True: ("200", "10")}
+    assert [m.label for m in models(tmp_path) if m.long_ais] == ["GAN"]
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         plan(tmp_path, size="huge")

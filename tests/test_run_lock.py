@@ -4,12 +4,11 @@ the run; the lock is re-entrant in one process; taking it removes stale temporar
 
 The other process holds the lock until the test kills it or closes its stdin: no sleeps."""
 
-import hashlib
 import os
-from pathlib import Path
 
 import pytest
 from lock_holder import PGM, RAW, SILENT, Holder
+from run_files import hashes, one_line
 
 import pgm
 from pgm import runlock
@@ -39,17 +38,6 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("lock") / "vae"
     assert main(["train", "vae", "--epochs", "1", "--out", str(out), *TRAIN]) == 0
     return out
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv", [

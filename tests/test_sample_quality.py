@@ -146,6 +146,21 @@ def test_feature_classifier_is_cached_in_the_run_directory(digits, tmp_path):
     assert weights.stat().st_mtime_ns != mtime and retrained is not again
 
 
+def test_feature_classifier_is_trained_once_per_process(digits, tmp_path, monkeypatch):
+    # the quickstart evaluates five runs in one process: the second run directory gets the
+    # same weights without a second training
+    first = feature_classifier(digits, path=tmp_path / "a" / "clf", epochs=2)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(torch.optim, "Adam", no_training)
+    second = feature_classifier(digits, path=tmp_path / "b" / "clf", epochs=2)
+    assert (tmp_path / "b" / "clf.safetensors").is_file() and second.accuracy == first.accuracy
+    x = digits.x_test[:20]
+    torch.testing.assert_close(second.features(x), first.features(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("make", [
     lambda d: VAE(data_dim=64, latent_dim=2, hidden=(16,)),
     lambda d: GMM(data_dim=64, components=5),

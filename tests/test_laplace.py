@@ -1,0 +1,115 @@
+"""The Laplace proposal (pgm.inference.laplace) against cases with a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from fixtures import linear_gaussian_callables
+from test_ais import _gamma_poisson, linear_gaussian
+
+from pgm.inference.ais import ais, bdmc_upper
+from pgm.inference.bounds import iwae_bound
+from pgm.inference.laplace import fit_laplace, laplace_proposal
+from pgm.inference.schedules import sigmoid_schedule
+from pgm.models.linear_gaussian import linear_gaussian_log_marginal, linear_gaussian_posterior
+
+
+def _no_guide(f):
+    """``f`` as a model without a guide density: its q draws are prior draws and its log_q
+    must not be used."""
+    def log_q(z, x):
+        raise AssertionError("the model's own log_q was called")
+    return f._replace(sample_q=lambda x, K: f.sample_prior(x.shape[0], K), log_q=log_q)
+
+
+@pytest.fixture(scope="module")
+def lg():
+    W, b, sigma, x, z = linear_gaussian(L=3, D=6, B=12, seed=2)
+    f = _no_guide(linear_gaussian_callables(W, b, sigma, q="prior-like"))
+    return W, b, sigma, x, z, f
+
+
+def test_on_a_gaussian_posterior_the_laplace_proposal_is_the_posterior(lg):
+    # log p(x, z) is quadratic in z: its mode and Hessian are the posterior's mean and
+    # precision, so the proposal is p(z|x) and every importance weight equals p(x).
+    W, b, sigma, x, _, f = lg
+    torch.manual_seed(0)
+    q = fit_laplace(f, x, modes=4)
+    mean, cov = linear_gaussian_posterior(x, W, b, sigma)
+    # the four starts reach the one mode: one component is kept, with weight 1
+    assert q.log_weight.shape == (4, 12) and (q.log_weight[0] == 0).all()
+    assert (q.log_weight[1:] == -math.inf).all()
+    torch.testing.assert_close(q.mean, mean.expand(4, -1, -1), rtol=0, atol=1e-6)
+    prec = torch.einsum("mbij,mbj,mbkj->mbik", q.vectors, q.precision, q.vectors)
+    torch.testing.assert_close(prec, torch.linalg.inv(cov).expand_as(prec), rtol=1e-8, atol=1e-8)
+    assert (q.floored == 0).all()
+    g = laplace_proposal(f, x, defensive=0.0)  # the prior's share would break exactness
+    exact = linear_gaussian_log_marginal(x, W, b, sigma)
+    est = iwae_bound(g, x, [50])[50]
+    torch.testing.assert_close(est.per_datapoint, exact, rtol=0, atol=1e-7)
+    est = ais(g, x, schedule=sigmoid_schedule(5), num_chains=3, initial="q",
+              generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(est.per_datapoint, exact, rtol=0, atol=1e-7)
+
+
+def test_the_proposal_takes_rows_of_its_data_and_refuses_other_data(lg):
+    *_, x, _, f = lg
+    torch.manual_seed(0)
+    g = laplace_proposal(f, x)
+    z = g.sample_q(x, 4)
+    whole = g.log_q(z, x)
+    part = g.log_q(z[:, 3:7], x[3:7].clone())  # rows found by value, in any tensor
+    torch.testing.assert_close(part, whole[:, 3:7], rtol=0, atol=0)
+    assert g.sample_q(x[[5, 1]], 2).shape == (2, 2, 3)
+    with pytest.raises(ValueError, match="fitted to other datapoints"):
+        g.log_q(z[:, :2], x[:2] + 1)
+
+
+def test_ais_from_the_laplace_proposal_stays_below_the_exact_value_over_seeds():
+    # A non-Gaussian posterior: the Gamma-Poisson program's positive latent, moved to R by its
+    # log (Jacobian included), through Program. The proposal is fitted per seed on fresh draws.
+    # AIS from it must not exceed the exact value, nor BDMC fall below it, beyond 3 SE. BDMC's
+    # upper bound holds in expectation over the exact posterior draw z as well, and each
+    # datapoint has one z for all seeds: so the SE is across datapoints (independent (x, z)
+    # pairs) of the seed-averaged differences, not across seeds.
+    f, x, exact, x_sim, z_sim, exact_sim = _gamma_poisson(30)
+    f = _no_guide(f)
+    lower, upper = [], []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        g = laplace_proposal(f, x, steps=50)
+        gs = laplace_proposal(f, x_sim, steps=50)
+        kw = dict(schedule=sigmoid_schedule(10), num_chains=8, initial="q",
+                  generator=torch.Generator().manual_seed(1000 + seed))
+        lower.append(ais(g, x, **kw).per_datapoint - exact)
+        upper.append(bdmc_upper(gs, x_sim, z_sim, **kw).per_datapoint - exact_sim)
+    lower, upper = torch.stack(lower).mean(0), torch.stack(upper).mean(0)  # (30,)
+    se_lower, se_upper = (v.std() / math.sqrt(len(v)) for v in (lower, upper))
+    assert lower.mean() <= 3 * se_lower, (lower.mean(), se_lower)
+    assert upper.mean() >= -3 * se_upper, (upper.mean(), se_upper)
+    assert lower.mean().abs() < 0.02 and upper.mean().abs() < 0.02, (lower.mean(), upper.mean())
+
+
+def test_a_saddle_gets_the_curvatures_magnitude():
+    # log p(x, z) = -(z1^2 - z2^2)/2 around 0 plus a wide Gaussian: not concave at 0. With
+    # no steps the fit stays at 0 and takes |lambda|, floored where the curvature vanishes.
+    def log_joint(x, z):
+        return -0.5 * (z[..., 0] ** 2 - z[..., 1] ** 2) - 1e-6 * (z**2).sum(-1) + 0 * x.sum(-1)
+
+    zero = torch.zeros(2, 2, dtype=torch.float64)
+    f = _no_guide(linear_gaussian_callables(*linear_gaussian(L=2, D=3, B=2)[:3], q="prior-like"))
+    f = f._replace(log_joint=log_joint, sample_q=lambda x, K: torch.zeros(K, 2, 2,
+                                                                          dtype=torch.float64),
+                   sample_prior=None)
+    q = fit_laplace(f, zero, steps=0, min_precision=0.5, modes=1)
+    torch.testing.assert_close(q.precision[0], torch.ones(2, 2, dtype=torch.float64), rtol=0,
+                               atol=1e-5)
+    assert (q.floored == 1).all()
+    q = fit_laplace(f, zero, steps=0, min_precision=2.0, modes=1)
+    torch.testing.assert_close(q.precision[0], torch.full((2, 2), 2.0, dtype=torch.float64), rtol=0,
+                               atol=1e-5)
+    z = q.sample(100_000)
+    assert abs(z.var().item() - 0.5) < 0.01
+    assert math.isfinite(q.log_prob(z).mean().item())

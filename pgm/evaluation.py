@@ -23,9 +23,8 @@ estimator's ``seconds`` then sums the ranks' time.
 
 **A conditional model** (the CVAE, whose model says p(z | y) p(x | z, y) and whose
 ``label_prior()`` says p(y)) is measured as a density of x like the others, by summing the
-label out: each estimator runs once per label y' on every datapoint (the C labels stacked as
-a leading block of rows, :class:`LabelSum`, so the estimators stay functions of the callables)
-and
+label out: each estimator runs on (datapoint, label y') pairs stacked as the rows of one batch,
+label-major (:class:`LabelSum`, so the estimators stay functions of the callables), and
 
 .. math::
 
@@ -45,12 +44,13 @@ the ELBO of the guide :math:`q(y|x)\,q(z|x,y)` with the best label posterior
 :math:`q(y|x) \propto p(y)\, e^{\mathrm{ELBO}(x|y)}`: below log p(x) by
 :math:`\mathrm{KL}(q(y,z|x) \| p(y,z|x))` (with the ELBO's Monte-Carlo mean in each term, a
 lower bound in expectation: logsumexp is convex, so it is at most the mean over draws of
-:math:`\log \sum_{y'} p(y') w(y')`, itself below log p(x) in expectation). A sum of lower
-bounds per label is a lower bound because log is monotone in each term. The per-label values
-at each datapoint's own label are log p(x | y) and are reported beside them as
-``<estimator>_given_y`` (``quantity`` ``"log p(x | y)"``), at no extra cost; BDMC, the gaps
-and the NUTS check stay conditional (BDMC's reverse chains need an exact posterior sample for
-every label; they get one for the simulated label only) and say so.
+:math:`\log \sum_{y'} p(y') w(y')`, itself below log p(x) in expectation). Deterministic
+lower bounds per label (the exact ELBOs) give a lower bound of log p(x) because logsumexp
+increases in each term. The per-label values at each datapoint's own label are log p(x | y),
+reported beside them as ``<estimator>_given_y`` (``quantity`` ``"log p(x | y)"``) at no
+extra cost; BDMC, the gaps and the NUTS check stay conditional (BDMC's reverse chains need an
+exact posterior sample for every label; they get one for the simulated label only) and say
+so.
 
 Cost: IWAE runs every label, C times the conditional evaluation's work. Quadrature and AIS,
 the expensive ones, run only the labels that matter: those whose IWAE_K estimate of
@@ -65,8 +65,8 @@ misses by the gap log p(x|y') - IWAE_K, nats on the quickstart's CVAE); the shar
 them is recorded (``dropped_share_max``), beside ``labels``, the labels evaluated per
 datapoint. On the quickstart's CVAE the labels' second best lies a median 200 nats below the
 best, and 54 of its 500 (image, label) pairs are within 30 nats: quadrature on every pair took
-over 20x longer than on the images' own labels (a wrong label's posterior can be narrow and
-far out, and a batch costs as much as its hardest row). ``label_margin=inf`` runs every label;
+over 20x longer than on the images' own labels (a batch of quadrature costs as much as its
+hardest row). ``label_margin=inf`` runs every label;
 ``EvalConfig.label_sum=False`` keeps the conditional evaluation alone.
 
 The best estimate of log p(x) (:func:`best_log_px_name`) follows a stated rule: an exact value

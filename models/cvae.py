@@ -9,7 +9,12 @@ either :math:`\mathcal N(0, I)` (``prior="standard"``) or a learned conditional 
 :math:`\mathbb E_q[\log p(x|z,y)] - \mathrm{KL}(q(z|x,y) \| p(z|y))`. Because the decoder is
 told the digit, the code is free to carry the rest, the style: encode a test image with its
 own label and decode the code with every other label (the lecture's CVAE picture,
-:func:`pgm.models.cvae_figures.write_cvae_figures`).
+:func:`pgm.models.cvae_figures.write_cvae_figures`). Its label prior p(y)
+(:meth:`CVAE.label_prior`) is uniform over the ``n_classes`` labels, the one :meth:`CVAE.sample`
+draws from; the Pyro program takes y as given (training maximises log p(x | y), to which p(y)
+adds a constant), and ``pgm evaluate`` sums it out,
+:math:`\log p(x) = \log \sum_y p(y)\, p(x | y)`, so the CVAE is measured as a density of x
+like every other model.
 
 :class:`HalfImageCVAE`: the structured-output task of Sohn et al. (2015) and Pyro's CVAE
 example: predict the bottom half of an image (``x`` of the contract) from the top half (the
@@ -116,6 +121,10 @@ class CVAE(LatentVariableModel):
         return F.one_hot(y, self.n_classes).to(self.prior_loc.dtype)
 
     # ---- plain distributions -------------------------------------------------------------
+    def label_prior(self) -> dist.Categorical:
+        """p(y): uniform over the ``n_classes`` labels, as :meth:`sample` draws them."""
+        return dist.Categorical(logits=self.prior_loc.new_zeros(self.n_classes))
+
     def prior(self, n: int, y: torch.Tensor | None = None) -> dist.Distribution:
         """p(z | y): N(0, I) or the learned per-class Gaussian; batch (n,), event (L,)."""
         if self.config.prior == "standard":

@@ -60,6 +60,9 @@ class MeanView(LatentVariableModel):
     def prior(self, n, y=None):
         return self.base.prior(n, y)
 
+    def label_prior(self):
+        return self.base.label_prior()
+
     def encode(self, x, y=None):
         return self.base.encode(x, y)
 

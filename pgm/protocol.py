@@ -21,6 +21,9 @@ name:
 
 =======================  ======================================================================
 ``conditional``          uses the label y (the CVAE): fit() and the estimators pass it
+``label_prior()``        a conditional model's p(y), a Categorical over its labels (None: it
+                         has none); ``pgm evaluate`` then sums the label out, log p(x) =
+                         logsumexp_y [log p(y) + log p(x | y)] (:mod:`pgm.evaluation`)
 ``latent``               ``"continuous"``, or ``"discrete"``: enumerated in the model (the
                          GMM), trained by TraceEnum_ELBO, whose loss is then -log p(x)
 ``guide_density``        q(z|x) has a density; False for a point mass (the autoencoder): "log
@@ -122,6 +125,11 @@ class LatentVariableModel(nn.Module):
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("z", self.encode(x, y))
+
+    def label_prior(self) -> dist.Categorical | None:
+        """p(y) of a conditional model, over its labels 0..C-1; None where there is none (an
+        unconditional model, or a conditional one whose y is not a label)."""
+        return None
 
     def explicit_view(self, sigma: float) -> LatentVariableModel:
         r"""The model :math:`p(z)\,\mathcal N(x; \mu(z), \sigma^2 I)` of this model's generator

@@ -1,9 +1,9 @@
 """The likelihood-evaluation report: ``eval/results.json`` (an interface scripts read),
 ``eval/per_datapoint.npz``, ``eval/report.md`` and a self-contained ``eval/report.html``.
 
-results.json (schema ``pgm-eval``, version 2)::
+results.json (schema ``pgm-eval``, version 3)::
 
-    {"schema": "pgm-eval", "version": 2, "run": ..., "dataset": ..., "split": "test",
+    {"schema": "pgm-eval", "version": 3, "run": ..., "dataset": ..., "split": "test",
      "n": 1000, "device": "cpu", "world_size": 1, "versions": {...}, "config": {...},
      "estimators": {"elbo": {"mean", "se", "n", "seconds", "bound", "data",
                              ...settings, diagnostics},
@@ -23,6 +23,14 @@ within 3 SE), and that the IWAE bounds rise with K.
 Version 2 (from version 1): every estimator gained ``bound`` and ``data``; quadrature is
 reported as ``quadrature`` (bound ``numerical``), no longer as ``exact``; ``best`` was added.
 Version-1 files are read through :func:`upgrade`.
+
+Version 3 (from version 2): a conditional model (the CVAE) is measured as log p(x), its label
+summed out (:mod:`pgm.evaluation`): its estimators without a suffix are of log p(x) (in
+version 2 they were of log p(x | y)) and those named ``<estimator>_given_y`` of log p(x | y);
+each of its estimators says which in ``quantity``, ``best_given_y`` names the best of the
+latter, ``label_prior`` records p(y) (``source``, ``probs``) and ``representation`` says
+``"quantity": "log p(x)"`` with ``labels``. Other models' results are unchanged; a version-2
+file reads as it is (its ``representation.quantity`` says what a CVAE's numbers were).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import numpy as np
 
 from pgm import io, plots
 
-SCHEMA, SCHEMA_VERSION = "pgm-eval", 2
+SCHEMA, SCHEMA_VERSION = "pgm-eval", 3
 ORDER = ("elbo", "iwae", "ais", "exact", "quadrature", "bdmc_lower", "bdmc_upper", "elbo_q",
          "elbo_qstar", "gap_approximation", "gap_amortization", "gap_inference", "nuts_reference")
 DESCRIPTIONS = {
@@ -57,15 +65,24 @@ DESCRIPTIONS = {
 }
 
 
+#: The suffix of a conditional model's log p(x | y) estimates beside its log p(x) ones.
+GIVEN_SUFFIX = "_given_y"
+
+
 def _sort_key(name: str):
+    given = name.endswith(GIVEN_SUFFIX)  # log p(x | y) after every log p(x)
+    name = name.removesuffix(GIVEN_SUFFIX)
     for i, prefix in enumerate(ORDER):
         if name == prefix or (prefix == "iwae" and name.startswith("iwae_")):
             k = name.rsplit("_", 1)[-1]
-            return (i, "prior" in name, int(k) if k.isdigit() else 0)
-    return (len(ORDER), False, 0)
+            return (given, i, "prior" in name, int(k) if k.isdigit() else 0)
+    return (given, len(ORDER), False, 0)
 
 
 def describe(name: str) -> str:
+    if name.endswith(GIVEN_SUFFIX):
+        d = describe(name.removesuffix(GIVEN_SUFFIX)).replace("log p(x)", "log p(x | y)")
+        return (d if "log p(x | y)" in d else f"{d} of log p(x | y)") + ", the datapoint's label"
     if name.startswith("iwae_prior_"):
         return f"IWAE bound, K={name.rsplit('_', 1)[1]}, prior as proposal"
     if name.startswith("iwae_"):
@@ -102,14 +119,18 @@ def bound_checks(estimators) -> list[dict]:
     pairs, seen = [], set()
     lower = [(k, e) for k, e in estimators.items() if e.bound == "lower"
              and id(e) not in seen and not seen.add(id(e))]
-    for proposal in {e.extra.get("proposal") for _, e in lower if "K" in e.extra}:
+
+    def of(e):  # what it estimates: log p(x), or a conditional model's log p(x | y)
+        return e.extra.get("quantity", "log p(x)")
+
+    for group in {(e.extra.get("proposal"), of(e)) for _, e in lower if "K" in e.extra}:
         chain = sorted(((e.extra["K"], k) for k, e in lower
-                        if "K" in e.extra and e.extra.get("proposal") == proposal))
+                        if "K" in e.extra and (e.extra.get("proposal"), of(e)) == group))
         pairs += [(a, b, 0.0) for (_, a), (_, b) in zip(chain[:-1], chain[1:])]
     for ref, r in estimators.items():
         if r.bound in ("exact", "numerical", "upper"):
             slack = r.extra.get("tol", 0.0) if r.bound == "numerical" else 0.0
-            pairs += [(k, ref, slack) for k, e in lower if e.data == r.data]
+            pairs += [(k, ref, slack) for k, e in lower if e.data == r.data and of(e) == of(r)]
     checks = []
     for lo_name, hi_name, slack in pairs:
         a, b = estimators[lo_name].per_datapoint, estimators[hi_name].per_datapoint
@@ -137,11 +158,15 @@ def results_dict(evaluation, *, run: str, dataset: str, device: str,
             "config": to_dict(evaluation.config),
             "estimators": {name: e.summary() for name, e in est.items()},
             "best": evaluation.best(),
+            **({"best_given_y": evaluation.best("log p(x | y)")} if any(
+                e.extra.get("quantity") == "log p(x | y)" for e in est.values()) else {}),
             "checks": bound_checks(est)}
 
 
 def _figures(evaluation, out_dir: Path) -> list[Path]:
-    est = evaluation.estimators
+    # log p(x) only: a conditional model's log p(x | y) estimates are in the tables
+    est = {k: e for k, e in evaluation.estimators.items()
+           if e.extra.get("quantity", "log p(x)") == "log p(x)"}
     written = []
     iwae = sorted((e.extra["K"], k) for k, e in est.items() if e.bound == "lower" and
                   e.extra.get("proposal") == "q" and "K" in e.extra and e.data == "test")
@@ -161,7 +186,7 @@ def _figures(evaluation, out_dir: Path) -> list[Path]:
             plots.bounds_vs_k([K for K, _ in iwae], means, ses, lines=lines, n=m),
             out_dir / "bounds_vs_k.png"))
         best = evaluation.best()
-        elbo = iwae[0][1]
+        elbo = "elbo" if "elbo" in est else iwae[0][1]
         m2 = min(est[elbo].n, est[best].n)
         gaps = {f"{best} - ELBO": (est[best].per_datapoint[:m2] - est[elbo].per_datapoint[:m2])}
         if "gap_amortization" in est:
@@ -182,10 +207,10 @@ def _fmt(v, digits=2) -> str:
 
 
 SETTINGS = ("K", "num_blocks", "num_steps", "num_chains", "num_leapfrog", "schedule", "initial",
-            "method", "log_px_from", "data")
+            "method", "log_px_from", "data", "labels")
 DIAGNOSTICS = ("khat_max", "khat_frac_above_0_7", "acceptance", "divergences", "ess_mean",
                "sandwich_mean", "change_max", "converged_frac", "final_gain_max", "rhat_max",
-               "ess_bulk_min")
+               "ess_bulk_min", "dropped_share_max")
 
 
 def table_rows(results: dict) -> list[list[str]]:
@@ -230,7 +255,8 @@ def render_markdown(results: dict, figures: list[Path]) -> str:
     rep = results.get("representation")
     if rep is not None:
         parts.insert(3, f"\nData: {rep['values']} (binarize `{rep['binarize']}`), so values are a "
-                        f"{rep['density']}; observation model: {rep['observation']}.\n")
+                        f"{rep['density']}; observation model: {rep['observation']}.\n"
+                        + (f"\n{_labels_line(results)}\n" if rep.get("labels") else ""))
     if results["config"].get("preset"):
         parts.insert(3, f"Protocol preset: `{results['config']['preset']}`.\n")
     for fig in figures:
@@ -292,6 +318,8 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
                   f"{html.escape(rep['binarize'])}</code>), so values are a "
                   f"{html.escape(rep['density'])}; observation model: "
                   f"{html.escape(rep['observation'])}.</p>")
+    if (rep or {}).get("labels"):
+        about += f"<p>{html.escape(_labels_line(results))}</p>"
     if results["config"].get("preset"):
         about += f"<p>Protocol preset: <code>{html.escape(results['config']['preset'])}</code>.</p>"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
@@ -301,6 +329,18 @@ def render_html(results: dict, figures: list[Path], title: str | None = None) ->
             f"<h2>Bound order</h2>"
             f"<ul>{checks or '<li>nothing to check</li>'}</ul>"
             + "".join(_img(f) for f in figures) + "</body></html>")
+
+
+def _labels_line(results: dict) -> str:
+    """What a label-summed evaluation of a conditional model reports, in one line."""
+    py = results.get("label_prior") or {}
+    probs = py.get("probs") or []
+    prior = (f"uniform over {len(probs)} labels" if probs and max(probs) - min(probs) < 1e-9
+             else ", ".join(f"{p:.3g}" for p in probs))
+    g = results.get("best_given_y")
+    return (f"Labels summed out, p(y) ({py.get('source', '?')}): {prior}; log p(x) = "
+            "logsumexp_y [log p(y) + log p(x | y)]; the estimators named *_given_y are of "
+            "log p(x | y), given each datapoint's label" + (f" (best: {g})." if g else "."))
 
 
 def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str = "x",
@@ -476,6 +516,15 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
         est_names.remove("iwae_1")
     quality = any("sample_quality" in r for r in results)
     bad, notes = comparison_notes(results, est_names)
+    for i, r in enumerate(results):  # a conditional model measured with its label summed out
+        if (r.get("representation") or {}).get("labels"):
+            g = r.get("best_given_y")
+            s = r["estimators"].get(g) if g else None
+            notes.append(f"{names[i]}: log p(x) with the label summed out, log p(x) = "
+                         "logsumexp_y [log p(y) + log p(x | y)] (p(y): "
+                         f"{(r.get('label_prior') or {}).get('source', '?')})"
+                         + (f"; given its label, log p(x | y) = {_cell(s)} ({g})" if s else "")
+                         + "; every log p(x | y) in the *_given_y columns below")
     mark = ["⚠ " if i in bad else "" for i in range(len(results))]
     reps = [r.get("representation") or {} for r in results]
 

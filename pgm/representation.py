@@ -14,7 +14,9 @@ representation. Three things break that silently:
   trusted.
 - **An unnormalised likelihood**: a Bernoulli on grey values is a cross-entropy, not a
   density of anything.
-- **A conditional model** (the CVAE) is measured as log p(x | y), not log p(x).
+- **A conditional model** (the CVAE) measured as log p(x | y), not log p(x): ``pgm evaluate``
+  sums its label out (``quantity`` ``log p(x)``, :mod:`pgm.evaluation`) unless told not to
+  (``--no-label-sum``: ``quantity`` ``log p(x | y)``).
 
 Comparable rows can still differ in the *observation model*: a VAE's learned per-pixel
 Gaussian scale can shrink on pixels that are always 0 (MNIST's are 8-bit, ~80% exactly 0), so
@@ -53,9 +55,11 @@ def observation(model, explicit_sigma: float | None = None) -> str:
     return f"{lik.name} ({settings})" if settings else lik.name
 
 
-def representation(data, model, *, split: str, explicit_sigma: float | None = None) -> dict:
+def representation(data, model, *, split: str, explicit_sigma: float | None = None,
+                   label_sum: bool = False) -> dict:
     """The results.json fields ``representation`` and ``test_images`` for an evaluation of
-    ``model`` on ``data``'s ``split``."""
+    ``model`` on ``data``'s ``split``; ``label_sum``: a conditional model's label was summed
+    out (its estimators without a suffix are of log p(x))."""
     binarize = data.binarize
     obs = observation(model, explicit_sigma)
     if binarize in BINARY_MODES:
@@ -66,8 +70,12 @@ def representation(data, model, *, split: str, explicit_sigma: float | None = No
             density = "not normalised (Bernoulli on grey values)"
     x = getattr(data, f"x_{split}")
     of = "log p(x | y), given the label" if getattr(model, "conditional", False) else "log p(x)"
-    return {"representation": {"binarize": binarize, "values": values, "density": density,
-                               "observation": obs, "quantity": of},
+    rep = {"binarize": binarize, "values": values, "density": density, "observation": obs,
+           "quantity": of}
+    if label_sum and getattr(model, "conditional", False):
+        rep.update(quantity="log p(x)", labels="summed out: log p(x) = logsumexp_y [log p(y) "
+                   "+ log p(x | y)]; log p(x | y) in the estimators named *_given_y")
+    return {"representation": rep,
             "test_images": {"dataset": data.name, "split": split, "n_split": len(x),
                             "sha256": fingerprint(x)}}
 

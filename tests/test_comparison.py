@@ -145,6 +145,36 @@ def test_a_conditional_row_is_flagged_beside_unconditional_ones(grey):
     assert incommensurable(rows[1:]) == {}  # two conditional rows compare
 
 
+def test_a_cvae_with_its_label_summed_out_is_ranked_beside_the_others(grey, tmp_path):
+    """Evaluated as log p(x) (its label summed out), the CVAE's row is commensurable: a
+    paired difference, no flag, and a note that gives its log p(x | y)."""
+    import numpy as np
+
+    cvae = CVAE(data_dim=64, n_classes=10)
+    vae = _results("vae", grey, VAE(data_dim=64), 0.1, ais=(-50.0, 20))
+    row = {**_results("cvae", grey, cvae, 0.1, ais=(-47.0, 20), ais_given_y=(-45.0, 20)),
+           **{k: v for k, v in representation(grey, cvae, split="test", explicit_sigma=0.1,
+                                              label_sum=True).items()},
+           "best": "ais", "best_given_y": "ais_given_y",
+           "label_prior": {"source": "model", "probs": [0.1] * 10}}
+    row["estimators"]["ais"]["quantity"] = "log p(x)"
+    row["estimators"]["ais_given_y"]["quantity"] = "log p(x | y)"
+    assert row["representation"]["quantity"] == "log p(x)"
+    assert incommensurable([vae, row]) == {}
+    dirs = []
+    for name, values in (("vae", {"ais": np.full(20, -50.0)}),
+                         ("cvae", {"ais": np.full(20, -47.0), "ais_given_y": np.full(20, -45.0)})):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        np.savez(tmp_path / name / "eval" / "per_datapoint.npz", index=np.arange(20), **values)
+        dirs.append(tmp_path / name)
+    paired = paired_differences([vae, row], dirs)
+    assert paired[1]["mean"] == pytest.approx(3.0) and paired[1]["estimators"] == "ais − ais"
+    md, _ = comparison([vae, row], paired=paired)
+    assert "⚠" not in md and "+3.00" in md
+    assert "cvae: log p(x) with the label summed out" in md and "-45.00 ± 0.50 (20)" in md
+    assert "ais_given_y" in md  # its log p(x | y) column
+
+
 def test_short_names_keep_the_last_components_that_differ():
     assert short_names(["runs/q/vae", "runs/q/vae/ae-baseline", "runs/q/gmm"]) == [
         "vae", "ae-baseline", "gmm"]

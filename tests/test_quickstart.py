@@ -39,7 +39,15 @@ def test_every_model_is_trained_evaluated_and_in_one_report(quickstart):
     assert html.count("<img") >= 7 and "pgm train vae" in html
     assert (quickstart / "log_px.png").read_bytes()[:4] == b"\x89PNG"
     md = (quickstart / "report.md").read_text()
-    assert "| ais (n=10) | exact (n=10) |" in md and "log p(x | y)" in md  # the CVAE's flagged
+    assert "| ais (n=10) | exact (n=10) |" in md
+    # the CVAE is measured as log p(x), its label summed out: ranked, not flagged; its
+    # log p(x | y) in the note and its own columns
+    cvae = next(r for r in payload["runs"] if r["label"] == "conditional VAE")
+    assert cvae["representation"]["quantity"] == "log p(x)"
+    assert {"quadrature", "quadrature_given_y"} <= set(cvae["estimators"])
+    row = next(line for line in md.splitlines() if line.startswith("| conditional VAE"))
+    assert "⚠" not in row and "not comparable" not in md
+    assert "conditional VAE: log p(x) with the label summed out" in md
     assert "| autoencoder | explicit view" in md and "| paired − VAE |" in md
     assert all(f"## {label}" in md for label in labels)
 

@@ -44,6 +44,9 @@ def main():
     p.add_argument("--sigma", type=float, required=True)
     p.add_argument("--initial", choices=("q", "prior", "laplace"), required=True)
     p.add_argument("--reference", choices=("q", "prior", "laplace"), default=None)
+    p.add_argument("--defensive", type=float, default=0.1,
+                   help="the prior's share in the Laplace proposal")
+    p.add_argument("--modes", type=int, default=4, help="the Laplace proposal's modes")
     p.add_argument("--reference-file", default=None,
                    help="keep the reference run's per-datapoint values here (.pt) and reuse "
                         "them when the file exists")
@@ -68,7 +71,8 @@ def main():
 
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        starts["laplace"] = (laplace_proposal(f, x), "q")
+        starts["laplace"] = (laplace_proposal(f, x, defensive=args.defensive,
+                                              modes=args.modes), "q")
         print(f"Laplace proposal fitted in {time.perf_counter() - t0:.1f} s")
     settings = SETTINGS if args.settings is None else [
         tuple(int(v) for v in item.split(",")) for item in args.settings.split(";")]

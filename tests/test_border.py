@@ -329,6 +329,11 @@ def test_sample_a_bad_count(model, n):
         model.sample(n)
 
 
+def test_a_layer_of_no_units():
+    with pytest.raises(ValueError, match="layer sizes must be positive: 64 -> 0 -> 4"):
+        VAE(VAE.Config(data_dim=64, latent_dim=2, hidden=(0,)))
+
+
 def test_a_config_of_the_wrong_type():
     with pytest.raises(ValueError, match="field 'latent_dim' should be int"):
         from_dict(VAE.Config, {"data_dim": 4, "latent_dim": "2"})

@@ -172,6 +172,9 @@ def _check_labels(y, n: int, source: str) -> torch.Tensor | None:
         raise DataError(f"{source}: labels y have dtype {arr.dtype}; expected integer class ids")
     if n and arr.min() < 0:
         raise DataError(f"{source}: labels y contain negative class ids (min {arr.min()})")
+    if n and arr.max() >= n:  # one-hot codes of max+1 classes: 10^8 of them would take 40 GB
+        raise DataError(f"{source}: labels y contain class id {arr.max()}, more classes than "
+                        f"the {n} datapoints; expected class ids 0 .. C-1")
     return torch.from_numpy(arr.astype(np.int64))
 
 

@@ -119,6 +119,15 @@ def test_n_past_the_split_is_the_split_and_recorded(run):
     assert results["n"] == n_test == results["estimators"]["elbo"]["n"] < 100000
 
 
+def test_a_label_far_beyond_the_classes(tmp_path, capsys):
+    y = np.arange(60) % 10
+    y[3] = 10**8
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((60, 16)), y=y)
+    line = _refused(["train", "cvae", "--data", str(tmp_path / "d.npz"), "--out",
+                     str(tmp_path / "c"), "--no-progress"], tmp_path, capsys, "train")
+    assert "class id 100000000, more classes than the 60 datapoints" in line
+
+
 # ---- evaluations are kept, published whole -----------------------------------------------
 def test_a_kept_evaluation_is_not_replaced_without_overwrite(run, capsys):
     line = _refused(["evaluate", str(run), *EVAL_ARGS], run.parent, capsys, "evaluate")

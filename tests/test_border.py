@@ -128,6 +128,16 @@ def test_a_label_far_beyond_the_classes(tmp_path, capsys):
     assert "class id 100000000, more classes than the 60 datapoints" in line
 
 
+@pytest.mark.parametrize("row", [5, 59])  # a training image, and one of the test split
+def test_a_finite_value_that_would_overflow(tmp_path, capsys, row):
+    x = np.random.default_rng(0).random((60, 16))
+    x[row, 3] = 1e30
+    np.savez(tmp_path / "d.npz", x=x)
+    line = _refused(["train", "vae", "--data", str(tmp_path / "d.npz"), "--out",
+                     str(tmp_path / "v"), "--no-progress"], tmp_path, capsys, "train")
+    assert f"1 values beyond ±1e+15 (row {row}: 1e+30)" in line
+
+
 # ---- evaluations are kept, published whole -----------------------------------------------
 def test_a_kept_evaluation_is_not_replaced_without_overwrite(run, capsys):
     line = _refused(["evaluate", str(run), *EVAL_ARGS], run.parent, capsys, "evaluate")

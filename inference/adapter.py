@@ -39,15 +39,27 @@ def latent_callables(model, y: torch.Tensor | None = None, *,
 
 
 def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
-    """The same callables from the contract's distributions, without Pyro's tracing."""
+    """The same callables from the contract's distributions, without Pyro's tracing. Each
+    new x is checked against the model first (``model.check_data``: its width, finite values,
+    the likelihood's support), so ``iwae_bound`` or ``ais`` on data the model cannot score
+    stop with a DataError naming the problem, not a matmul error or +1e5 nats."""
+    checked: dict = {}
+
+    def check(x):
+        key = (x, x._version)  # AIS scores one x at every step: check it once
+        if checked.get("key") is None or not _same_key(checked["key"], key):
+            model.check_data(x)
+            checked["key"] = key
 
     def log_prior(z):
         return model.prior(z.shape[1], y).log_prob(z)  # (K, B)
 
     def log_joint(x, z):
+        check(x)
         return log_prior(z) + model.decode(z, y).log_prob(x)
 
     def sample_q(x, K):
+        check(x)
         with torch.no_grad():
             return model.encode(x, y).sample((K,))
 

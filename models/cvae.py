@@ -38,7 +38,7 @@ from pgm.data import Dataset
 from pgm.errors import DataError
 from pgm.likelihoods import make_likelihood
 from pgm.nets import MLP, ConvDecoder, ConvEncoder, activation
-from pgm.protocol import LatentVariableModel
+from pgm.protocol import LatentVariableModel, check_count
 
 from .vae import VAEConfig
 
@@ -177,6 +177,7 @@ class CVAE(LatentVariableModel):
     def sample(self, n: int, y=None, *, mean: bool = True) -> torch.Tensor:
         """n draws of x ~ p(x | y), z ~ p(z | y). ``y``: (n,) labels, one int for all, or
         None for the classes 0, 1, ..., C-1, 0, 1, ... in turn."""
+        check_count(n)
         return super().sample(n, self._labels(n, y), mean=mean)
 
     @torch.no_grad()

@@ -71,7 +71,7 @@ from torch import nn
 from pgm.errors import DataError
 from pgm.likelihoods import make_likelihood
 from pgm.nets import activation
-from pgm.protocol import LatentVariableModel
+from pgm.protocol import LatentVariableModel, check_count
 
 ARCHS = ("mlp", "dcgan")
 Z_DISTS = ("normal", "uniform")
@@ -279,6 +279,7 @@ class GAN(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws x = G(z), z ~ p(z), shape (n, D). ``y`` and ``mean`` are accepted for the
         contract's signature; a GAN has no label and no observation noise."""
+        check_count(n)
         return self.generate(self.sample_z(n, generator))
 
     def check_data(self, x: torch.Tensor, name: str = "x") -> None:

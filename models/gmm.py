@@ -48,7 +48,7 @@ from torch import nn
 
 from pgm.errors import DataError
 from pgm.likelihoods import make_likelihood
-from pgm.protocol import LatentVariableModel
+from pgm.protocol import LatentVariableModel, check_count
 
 GMM_LIKELIHOODS = ("bernoulli", "gaussian")
 _LOG_2PI = math.log(2 * math.pi)
@@ -346,6 +346,7 @@ class GMM(LatentVariableModel):
         ``mean=True`` returns component m's mean instead of a draw. With
         ``return_components`` also the (n,) component indices.
         """
+        check_count(n)
         m = self.prior(n).sample()
         px = self.decode(m)
         x = px.mean if mean else px.sample()

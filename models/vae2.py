@@ -28,7 +28,7 @@ from torch import nn
 from pgm.errors import CapabilityError
 from pgm.likelihoods import make_likelihood
 from pgm.nets import MLP
-from pgm.protocol import check_data
+from pgm.protocol import check_count, check_data
 
 
 @dataclass
@@ -115,6 +115,7 @@ class TwoLayerVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y=None, *, mean: bool = True) -> torch.Tensor:
         """n draws x ~ p(x) (the decoder's mean of p(x | h1) when ``mean``), shape (n, D)."""
+        check_count(n)
         h2 = torch.randn(n, self.latent_dims[1], device=self.zero.device)
         px = self.likelihood(self.p_x(_gaussian(self.p_h1(h2)).sample()))
         return px.mean if mean else px.sample()

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pgm import distributed, runlock
+from pgm import distributed, domains, publish, runlock
 from pgm.errors import PgmError
 
 _UNSET = object()  # the default of a train option in the parser of _given
@@ -29,10 +29,18 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``pgm train: error: argument --n: invalid
+    int value: 'x' (see pgm train --help)``) like every other error of pgm."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The ``pgm`` parser; ``suppress``: train options whose default is left unset (for
     :func:`_given`)."""
-    p = argparse.ArgumentParser(prog="pgm", description=__doc__)
+    p = _Parser(prog="pgm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and write a run directory")
@@ -163,9 +171,15 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="random seed")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace RUN/eval/ if it exists (in one step, once the new evaluation "
+                        "is complete); without it an existing evaluation is kept and the "
+                        "command stops before it starts")
 
     r = sub.add_parser("report", help="one comparison table over several evaluated runs")
-    r.add_argument("runs", nargs="+", help="run directories with eval/results.json")
+    r.add_argument("runs", nargs="+",
+                   help="run directories (each one's eval/), or evaluation folders holding a "
+                        "results.json (a RUN/eval kept under another name)")
     r.add_argument("--out", default="reports/comparison",
                    help="path stem for the .md and .html (default reports/comparison)")
 
@@ -401,10 +415,14 @@ def _evaluate(args) -> int:
 
     io.read_config(args.run)  # one line, and no folder made, if no run is there
     with runlock.hold(args.run, "pgm evaluate"):  # one writer of RUN/eval at a time
+        if not args.overwrite:  # before minutes of work, not after
+            publish.check_absent(args.run)
         return _evaluate_run(args)
 
 
 def _evaluate_run(args) -> int:
+    from dataclasses import replace
+
     from pgm import io
     from pgm.device import resolve_device
     from pgm.evaluation import EvalConfig, evaluate, with_preset
@@ -424,6 +442,11 @@ def _evaluate_run(args) -> int:
         explicit_view=args.explicit_view, sample_quality=args.sample_quality,
         label_sum=not args.no_label_sum, seed=args.seed, device=args.device),
         args.preset)
+    n_split = len(getattr(data, f"x_{cfg.split}"))
+    if cfg.n > n_split:  # every datapoint there is; results.json records the n used
+        print(f"note: --n {cfg.n} is more than the {n_split} datapoints of the {cfg.split} "
+              f"split; evaluating all {n_split}", file=sys.stderr)
+        cfg = replace(cfg, n=n_split)
     device = resolve_device(cfg.device)
     n_ais, world = min(cfg.ais_n, cfg.n), distributed.world_size()
     if distributed.is_main() and cfg.ais_steps and 0 < -(-n_ais // cfg.batch_size) < world:
@@ -435,7 +458,7 @@ def _evaluate_run(args) -> int:
     if not distributed.is_main():
         return 0
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
-                               world_size=world)
+                               world_size=world, overwrite=args.overwrite)
     for row in table_rows(results):
         print(f"{row[0]:14s} {row[2]:>10s} ± {row[3]:<7s} n={row[4]:<5s} {row[5]:>7s} s")
     for c in results["checks"]:
@@ -450,17 +473,16 @@ def _evaluate_run(args) -> int:
 
 
 def _report(args) -> int:
-    import json
-
     from pgm import io, plots
     from pgm.report import comparison, comparison_figure, paired_differences, short_names
+    from pgm.schema import read_results
 
     results = []
     for run in args.runs:
-        path = Path(run) / "eval" / "results.json"
+        path = publish.evaluation_dir(run) / "results.json"
         if not path.is_file():
             raise PgmError(f"{run} has no eval/results.json; run `pgm evaluate {run}` first")
-        results.append(json.loads(path.read_text()))
+        results.append(read_results(path))
     out = Path(args.out)
     names = [r.get("label") or s for r, s in zip(results, short_names(args.runs))]
     paired = paired_differences(results, args.runs)
@@ -529,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
                "quickstart": _quickstart, "datasets": _datasets}[args.command]
     try:
+        domains.check(args.command, args)
         if args.command in ("train", "evaluate"):
             distributed.init(args.device)
         return handler(args)
@@ -538,9 +561,17 @@ def main(argv: list[str] | None = None) -> int:
             where = f" on rank {rank}" if rank else ""
             print(f"pgm {args.command}: error{where}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only --out, a file where a folder should be, a full disk
+        if distributed.rank() == 0:
+            where = e.filename if e.filename is not None else ""
+            print(f"pgm {args.command}: error: {e.strerror or e}"
+                  + (f": {where}" if where else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; the last checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        print("\ninterrupted; " + {
+            "train": "the last checkpoint is kept (continue with --resume)",
+            "evaluate": "the previous evaluation, if any, is kept as it was"}.get(
+                args.command, "nothing was left half-written"), file=sys.stderr)
         return 130
     finally:
         distributed.close()

@@ -114,11 +114,17 @@ class Dataset:
 # Validation
 
 
+#: The largest magnitude check_data accepts: a Gaussian's (x - mean)^2 of 1e19 overflows
+#: float32 (3.4e38), and nothing measured on this scale is meant as data.
+HUGE = 1e15
+
+
 def check_data(x, *, data_dim: int | None = None, name: str = "x") -> torch.Tensor:
     """Return ``x`` as a float32 tensor of shape (N, D), or raise DataError saying what is wrong.
 
     Accepts a torch tensor (its device is kept) or anything numpy can turn into a numeric array.
-    Rejects: not 2-D, D != ``data_dim`` (when given), no rows or no columns, NaN or inf.
+    Rejects: not 2-D, D != ``data_dim`` (when given), no rows or no columns, NaN or inf, and
+    finite values beyond :data:`HUGE` (they would overflow the likelihood).
     """
     t = _as_float_tensor(x, name)
     if t.ndim != 2:
@@ -141,6 +147,13 @@ def check_data(x, *, data_dim: int | None = None, name: str = "x") -> torch.Tens
             f"{name} contains {n_nan + n_inf} non-finite entries ({n_nan} NaN, {n_inf} inf) "
             f"out of {t.numel()}"
         )
+    big = t.abs() > HUGE
+    if bool(big.any()):
+        row = int(big.any(1).nonzero()[0, 0])
+        raise DataError(
+            f"{name} contains {int(big.sum())} values beyond ±{HUGE:.0e} (row {row}: "
+            f"{t[row][big[row]][0].item():.3g}); a likelihood's squares of them overflow "
+            "float32: rescale the data")
     return t
 
 
@@ -172,6 +185,9 @@ def _check_labels(y, n: int, source: str) -> torch.Tensor | None:
         raise DataError(f"{source}: labels y have dtype {arr.dtype}; expected integer class ids")
     if n and arr.min() < 0:
         raise DataError(f"{source}: labels y contain negative class ids (min {arr.min()})")
+    if n and arr.max() >= n:  # one-hot codes of max+1 classes: 10^8 of them would take 40 GB
+        raise DataError(f"{source}: labels y contain class id {arr.max()}, more classes than "
+                        f"the {n} datapoints; expected class ids 0 .. C-1")
     return torch.from_numpy(arr.astype(np.int64))
 
 

@@ -247,26 +247,48 @@ def write_history(path: str | Path, rows: list[dict]) -> Path:
 
 
 def read_history(path: str | Path) -> list[dict]:
-    """history.csv as a list of dicts with numbers parsed (epoch as int)."""
+    """history.csv as a list of dicts with numbers parsed (epoch as int); CheckpointError
+    naming the file, line and column of a value that is not a number (a corrupt file)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
+    parsed = []
+    for line, row in enumerate(rows, 2):
+        try:
+            parsed.append({k: int(v) if k == "epoch" else float(v) for k, v in row.items()})
+        except (TypeError, ValueError):
+            bad = next((k for k, v in row.items() if not _is_number(v, k == "epoch")), "?")
+            raise CheckpointError(f"{path}: line {line}, column {bad!r} is not a number "
+                                  f"({row.get(bad)!r:.40}); the file is corrupt (the "
+                                  "checkpoint rewrites it on --resume)") from None
+    return parsed
+
+
+def _is_number(value, integer: bool) -> bool:
+    try:
+        int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_config(run_dir: str | Path) -> dict:
+    """RUN/config.json, checked (:func:`pgm.schema.check_run_config`): CheckpointError
+    naming the file, and the field, if it is missing, truncated or malformed."""
+    from .schema import check_run_config, read_json
+
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a pgm run directory (no {CONFIG})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
+    config = read_json(path)
+    if config.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{path} is not a pgm run config (format != {RUN_FORMAT!r})")
-    if config.get("version", 0) > RUN_VERSION:
+    version = config.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: field 'version' should be an integer")
+    if version > RUN_VERSION:
         raise CheckpointError(f"{path} was written by a newer pgm (run format "
                               f"{config['version']} > {RUN_VERSION}); upgrade pgm")
-    return config
+    return check_run_config(path, config)
 
 
 @dataclass
@@ -295,7 +317,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """
     path = Path(path)
     config = read_config(path)
-    model = build_model(config).to(device)
+    try:
+        model = build_model(config).to(device)
+    except (TypeError, ValueError, KeyError) as e:  # a model_config field of the wrong type
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError quotes it
+        raise CheckpointError(f"{path / CONFIG}: {why}") from None
     load_weights(model, path / WEIGHTS)
     model.eval()
     history = read_history(path / HISTORY) if (path / HISTORY).is_file() else []

@@ -36,6 +36,9 @@ class MLP(nn.Sequential):
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
                  act: str = "relu"):
         sizes = [in_features, *hidden]
+        if any(int(n) < 1 for n in sizes) or out_features < 1:  # torch accepts a 0-wide layer
+            raise ValueError(f"layer sizes must be positive: {in_features} -> "
+                             f"{', '.join(map(str, hidden))} -> {out_features}")
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), activation(act)]

@@ -62,6 +62,7 @@ Estimators and the training loop only use this contract, never a model-specific 
 
 from __future__ import annotations
 
+import operator
 from typing import ClassVar
 
 import pyro
@@ -154,6 +155,7 @@ class LatentVariableModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, *, mean: bool = True) -> torch.Tensor:
         """n draws x ~ p(x) (the decoder's mean of p(x|z) when ``mean``), shape (n, D)."""
+        check_count(n)
         z = self.prior(n, y).sample()
         px = self.decode(z, y)
         return px.mean if mean else px.sample()
@@ -166,6 +168,18 @@ class LatentVariableModel(nn.Module):
     def check_data(self, x: torch.Tensor, name: str = "x") -> None:
         """Raise DataError if x is not (N, data_dim), not finite, or outside the support."""
         check_data(self, x, name)
+
+
+def check_count(n, name: str = "n") -> int:
+    """``n``, a number of draws: ValueError unless it is an integer >= 0 (torch's own error
+    for ``sample(-1)`` speaks of expanding a tensor to a negative size)."""
+    try:
+        count = operator.index(n)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number of samples, got {n!r}") from None
+    if count < 0:
+        raise ValueError(f"{name} must be >= 0, got {count}")
+    return count
 
 
 def check_data(model, x: torch.Tensor, name: str = "x") -> None:

@@ -73,7 +73,10 @@ class Step:
     def argv_now(self) -> list[str]:
         """The command line to run now: a training step that has begun (its config.json is
         written) resumes, from its last checkpoint or, killed before the first, from the
-        start."""
+        start; an evaluation not marked finished replaces whatever an interrupted attempt
+        published (--overwrite)."""
+        if self.argv[0] == "evaluate":
+            return [*self.argv, "--overwrite"]
         resume = self.argv[0] == "train" and (self.run / io.CONFIG).is_file()
         return [*self.argv, "--resume"] if resume else list(self.argv)
 

@@ -39,6 +39,7 @@ import base64
 import html
 import io as _io
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -345,11 +346,32 @@ def _labels_line(results: dict) -> str:
 
 def write_evaluation(run_dir: str | Path, evaluation, *, dataset: str = "x",
                      device: str | None = None,
-                     world_size: int = 1, extra: dict | None = None) -> dict:
+                     world_size: int = 1, extra: dict | None = None,
+                     overwrite: bool = False) -> dict:
     """Write results.json, per_datapoint.npz, figures, report.md and report.html under
     RUN/eval/; return the results dict. The evaluation's ``extra`` (representation, explicit
-    view, sample quality) and ``extra`` here add top-level keys."""
-    out = Path(run_dir) / "eval"
+    view, sample quality) and ``extra`` here add top-level keys.
+
+    Everything is written to a staging folder and published in one step (:mod:`pgm.publish`),
+    so RUN/eval/ is the old evaluation or this one, never a mix; an existing RUN/eval/ is
+    replaced only with ``overwrite`` (else ResultsExistError, before anything is written)."""
+    from pgm import publish
+
+    if not overwrite:
+        publish.check_absent(run_dir)
+    out = publish.staging(run_dir)
+    try:
+        results = _write_evaluation(out, run_dir, evaluation, dataset=dataset, device=device,
+                                    world_size=world_size, extra=extra)
+        publish.publish(out, run_dir, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a kill (os._exit) leaves it to the next lock
+        raise
+    return results
+
+
+def _write_evaluation(out: Path, run_dir, evaluation, *, dataset, device, world_size,
+                      extra) -> dict:
     device = evaluation.device if device is None else device
     results = results_dict(evaluation, run=str(run_dir), dataset=dataset, device=device,
                            world_size=world_size)
@@ -424,10 +446,11 @@ def paired_differences(results: list[dict], run_dirs: list[str | Path]) -> list[
     only paired differences say which model is better. A row that cannot share a column
     with the first (:func:`pgm.representation.incommensurable`) gets ``{"why": reasons}``; the
     first row, and a row whose per-datapoint values are missing, get None."""
+    from pgm import publish
     from pgm.representation import incommensurable
 
     def values(run_dir, name):
-        path = Path(run_dir) / "eval" / "per_datapoint.npz"
+        path = publish.evaluation_dir(run_dir) / "per_datapoint.npz"
         if not path.is_file():
             return None
         with np.load(path) as npz:

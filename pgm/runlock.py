@@ -16,7 +16,8 @@ writes, so only rank 0 locks; every rank learns whether it got the lock, so all 
 Taking the lock removes the temporary files that killed atomic writes
 (:func:`pgm.io.atomic_write_bytes`) left behind, ``.NAME.XXXXXXXX.tmp``, in the run directory,
 its ``figures/`` and its ``eval/`` (a nested run, such as ``ae-baseline/``, cleans its own when
-:func:`pgm.fit` locks it): while the lock is held nobody else writes there.
+:func:`pgm.fit` locks it), and the staging folder of a killed ``pgm evaluate``
+(:func:`pgm.publish.remove_stale`): while the lock is held nobody else writes there.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgm import distributed
+from pgm import distributed, publish
 from pgm.errors import PgmError, RunLockedError
 
 LOCK = ".lock"
 # mkstemp's names: "." + the file's name + "." + 8 characters of [a-z0-9_] + ".tmp"
 _STALE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-FOLDERS = ("figures", "eval")  # where pgm writes inside a run, besides the run's own folder
+FOLDERS = ("figures", "eval", "cache")  # where pgm writes in a run, besides the run itself
 
 
 @dataclass
@@ -101,6 +102,7 @@ def acquire(run_dir: Path, what: str) -> str:
         fd = _lock(run_dir, path, what)
         _held[key] = _Held(os.getpid(), fd, path, created)
     remove_stale_temps(run_dir)
+    publish.remove_stale(run_dir)  # a killed evaluate's staging folder (pgm.publish)
     return key
 
 

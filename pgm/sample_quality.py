@@ -23,7 +23,8 @@ is computed as :math:`\sum_i \sqrt{\lambda_i}` over the eigenvalues of the symme
 matrix :math:`\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2}` (same spectrum as
 :math:`\Sigma_1\Sigma_2`), in float64; tests/test_sample_quality.py checks it against
 ``scipy.linalg.sqrtm``. The classifier is trained on the fly or cached in a run directory
-(``eval/frechet_classifier.safetensors`` + ``.json``; reused only when the dataset, split and
+(``cache/frechet_classifier.safetensors`` + ``.json``, beside ``eval/``, not in it: an
+evaluation is published whole, :mod:`pgm.publish`; reused only when the dataset, split and
 settings match). Data without labels use the raw data space as the feature space. Finite
 samples bias the distance upward; :func:`sample_quality` reports the floor (held-out test data
 against the training data) beside the model's number.
@@ -262,7 +263,7 @@ def sample_quality(model, data, *, n: int | None = None, run_dir: str | Path | N
         "samples": _summary(nn_s), "test": _summary(nn_t) if len(nn_t) else None,
         "ratio": (nn_s.mean() / nn_t.mean()).item() if len(nn_t) else math.nan}}
     if classifier is None and data.y_train is not None and data.n_classes is not None:
-        path = None if run_dir is None else Path(run_dir) / "eval" / CLASSIFIER_FILE
+        path = None if run_dir is None else Path(run_dir) / "cache" / CLASSIFIER_FILE
         classifier = feature_classifier(data, path=path)
     if classifier is not None:
         def feats(x):

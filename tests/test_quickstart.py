@@ -68,7 +68,7 @@ def test_an_interrupted_training_step_resumes_once_it_has_begun(tmp_path):
     assert train_vae.argv_now()[-1] != "--resume"
     (tmp_path / "vae" / "config.json").write_bytes(b"")  # killed before its first checkpoint
     assert train_vae.argv_now()[-1] == "--resume"
-    assert steps[-1].argv_now() == list(steps[-1].argv)  # evaluation simply reruns
+    assert steps[-1].argv_now() == [*steps[-1].argv, "--overwrite"]  # replaces a half-run one
     assert finished(tmp_path) == set()
 
 

@@ -177,7 +177,7 @@ def test_sample_quality_runs_on_every_model_type(make, digits, tmp_path):
     assert summary["n_samples"] == 300 and nn_["samples"]["n"] == 300
     assert fd["features"] == "classifier" and fd["classifier_accuracy"] > 0.85
     assert math.isfinite(fd["samples_vs_train"]) and fd["samples_vs_train"] > fd["test_vs_train"]
-    assert (tmp_path / "eval" / "frechet_classifier.safetensors").is_file()
+    assert (tmp_path / "cache" / "frechet_classifier.safetensors").is_file()
     assert dists["samples"].shape == (300,) and dists["test"].shape == (len(digits.x_test),)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -49,6 +49,9 @@ from torch import Tensor
 
 from .callables import LatentCallables
 
+#: Mixture components with less of the mass than this are left out.
+MIN_WEIGHT = 1e-6
+
 
 class Laplace(NamedTuple):
     """The fitted mixtures, ``M`` components per datapoint: means ``(M, B, L)``; the
@@ -80,14 +83,14 @@ class Laplace(NamedTuple):
         return z
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """``(K, B)`` log-density of ``z`` ``(K, B, L)``."""
+        """``(K, B)`` log-density of ``z`` ``(K, B, L)``: every component in one batched
+        product, u = V^T (z - mean)."""
         L = self.mean.shape[-1]
-        parts = []
-        for m in range(self.mean.shape[0]):
-            u = torch.einsum("bji,kbj->kbi", self.vectors[m], z - self.mean[m])  # V^T (z - mu)
-            parts.append(self.log_weight[m] - 0.5 * (self.precision[m] * u**2).sum(-1)
-                         + 0.5 * self.precision[m].log().sum(-1))
-        return torch.logsumexp(torch.stack(parts), 0) - 0.5 * L * math.log(2 * math.pi)
+        u = (torch.einsum("mbji,kbj->mkbi", self.vectors, z)
+             - torch.einsum("mbji,mbj->mbi", self.vectors, self.mean)[:, None])  # (M, K, B, L)
+        log = (self.log_weight + 0.5 * self.precision.log().sum(-1))[:, None] \
+            - 0.5 * (self.precision[:, None] * u**2).sum(-1)  # (M, K, B)
+        return torch.logsumexp(log, 0) - 0.5 * L * math.log(2 * math.pi)
 
 
 def _hessian(log_joint, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,8 +151,13 @@ def fit_laplace(f: LatentCallables, x: Tensor, *, modes: int = 4, starts: int = 
             keep[b] &= ~(keep[a] & ((lam[a] * u**2).sum(-1) < 1.0))
     log_mass = log_joint.double() - 0.5 * lam.double().log().sum(-1)
     log_weight = torch.where(keep, log_mass, -math.inf)
+    log_weight = log_weight - log_weight.logsumexp(0)
+    # a component with less than MIN_WEIGHT of the mass is dropped (the mixture renormalised:
+    # still a proposal), and one no datapoint keeps is not computed at all
+    log_weight = torch.where(log_weight < math.log(MIN_WEIGHT), -math.inf, log_weight)
     log_weight = (log_weight - log_weight.logsumexp(0)).to(mean.dtype)
-    return Laplace(mean, vec, lam, log_weight, log_joint, floored)
+    used = torch.isfinite(log_weight).any(1)
+    return Laplace(*(t[used] for t in (mean, vec, lam, log_weight, log_joint, floored)))
 
 
 def laplace_proposal(f: LatentCallables, x: Tensor, *, defensive: float = 0.1,
@@ -166,18 +174,19 @@ def laplace_proposal(f: LatentCallables, x: Tensor, *, defensive: float = 0.1,
     flat = x.reshape(len(x), -1)
     found: dict = {}
 
-    def rows(x_: Tensor) -> Tensor:
+    def mixture(x_: Tensor) -> Laplace:
+        """The mixtures of the rows of x that ``x_`` holds."""
         key = (x_, x_._version)  # the key holds x_, so its id is not reused
         if key not in found:
             same = (x_.reshape(len(x_), -1)[:, None, :] == flat[None]).all(-1)  # (b, B)
             if not bool(same.any(-1).all()):
                 raise ValueError("this Laplace proposal was fitted to other datapoints")
             found.clear()
-            found[key] = same.int().argmax(-1)
+            found[key] = q.index(same.int().argmax(-1))
         return found[key]
 
     def sample_q(x_, K):
-        z = q.index(rows(x_)).sample(K)
+        z = mixture(x_).sample(K)
         if eps:
             prior = f.sample_prior(len(x_), K).to(z)
             z = torch.where((torch.rand(z.shape[:-1], device=z.device) < eps)[..., None],
@@ -185,7 +194,7 @@ def laplace_proposal(f: LatentCallables, x: Tensor, *, defensive: float = 0.1,
         return z
 
     def log_q(z, x_):
-        lq = q.index(rows(x_)).log_prob(z)
+        lq = mixture(x_).log_prob(z)
         if not eps:
             return lq
         return torch.logaddexp(lq + math.log1p(-eps), f.log_prior(z) + math.log(eps))

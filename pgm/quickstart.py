@@ -47,8 +47,8 @@ SIZES = ("default", "small")
 #: 10 leapfrog steps and 4 pilot chains): T=200 with 3 leapfrog steps sits 0.23 nats below
 #: that reference for the VAE from q and 0.01 for the autoencoder from Laplace, at a fifth of
 #: the T=300 x 10 cost; the GAN's posterior is far from Gaussian even at its modes (-6.2 nats
-#: at T=200 x 3), so it keeps 10 leapfrog steps (T=200 x 10: -0.6 nats, against -1.4 from the
-#: prior at T=300 x 10, which the quickstart used before).
+#: at T=200 x 3), so it keeps 10 leapfrog steps (T=200 x 10: -0.6 nats; the prior start at
+#: T=300 x 10, which the quickstart used before, sat 2.1 +- 0.2 below that reference).
 SETTINGS = {
     "default": {"epochs": 30, "gan_epochs": 100, "components": 100, "n": 50,
                 "k": "1,10,100,1000", "ais_n": 50, "ais_chains": 4, "ais_pilot_chains": 2,

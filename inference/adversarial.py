@@ -82,6 +82,8 @@ from pgm.models.gan_records import (
 from .svi import _epoch_generator
 
 GENERATOR_LOSSES = ("non-saturating", "minimax")
+#: A loss beyond this is an exploded run: a cross-entropy this large means logits of this size.
+LOSS_LIMIT = 1e6
 LR_SCHEDULES = ("constant", "linear")
 
 
@@ -292,11 +294,13 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
         g_steps = (epoch * n_steps + torch.arange(1, n_steps + 1)) % cfg.k == 0  # (n_steps,)
         means = {key: stats[:, i].mean().item() for i, key in enumerate(STEP_KEYS[:4])}
         means["g_loss"] = stats[g_steps, 4].mean().item() if g_steps.any() else math.nan
-        if not (torch.isfinite(stats[:, :4]).all() and torch.isfinite(stats[g_steps, 4]).all()):
+        used = torch.cat([stats[:, :4].flatten(), stats[g_steps, 4]])
+        if not (torch.isfinite(used).all() and (used.abs() < LOSS_LIMIT).all()):
             where = f"; the last good checkpoint is kept in {out}" if out is not None else ""
             raise TrainingDivergedError(
-                f"the GAN's losses became non-finite in epoch {epoch + 1}{where}. Try a smaller "
-                "--lr or label smoothing, or check the data")
+                f"the GAN's losses exploded in epoch {epoch + 1} (largest "
+                f"{used.abs().nan_to_num(math.inf).max().item():.3g}, limit {LOSS_LIMIT:g}){where}."
+                " Try a smaller --lr or label smoothing, or check the data")
 
         with torch.no_grad():
             gan.eval()

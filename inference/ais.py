@@ -92,6 +92,8 @@ from pyro import validation_enabled
 from pyro.util import warn_if_nan
 from torch import Tensor
 
+from pgm.errors import EstimatorError
+
 from .bounds import check_data, log_mean_exp
 from .callables import Estimate, LatentCallables
 from .hmc import HMCState, adapt_step_size, hmc_step
@@ -298,6 +300,7 @@ def _anneal(
         log_w = torch.zeros(C + P, b, dtype=torch.float64, device=z0.device)
         state = AISState(z0.detach(), log_w, table[positions[1]].expand(C + P, b).clone())
         accept_per_step = []
+        first_nan = torch.zeros(b, dtype=torch.long, device=z0.device)  # 0: none yet
         for t in range(1, T + 1):
             j = positions[t]
             move = not (reverse and t == T)  # the transition at beta = 0 changes no weight
@@ -307,18 +310,29 @@ def _anneal(
                 table[j] = state.step_size[0]  # (every chain of a datapoint shares it)
             # Distributions check their arguments at the first step only: the checks cost
             # about a tenth of a step and a host synchronisation each.
-            with nullcontext() if t == 1 else validation_enabled(False):
-                state, info = ais_step(
-                    state,
-                    xb,
-                    beta[positions[t - 1]],
-                    beta[j],
-                    f,
-                    initial=initial,
-                    num_leapfrog=num_leapfrog,
-                    transition=move,
-                    generator=generator,
-                )
+            try:
+                with nullcontext() if t == 1 else validation_enabled(False):
+                    state, info = ais_step(
+                        state,
+                        xb,
+                        beta[positions[t - 1]],
+                        beta[j],
+                        f,
+                        initial=initial,
+                        num_leapfrog=num_leapfrog,
+                        transition=move,
+                        generator=generator,
+                    )
+            except ValueError as e:  # a distribution refused its parameters (step 1 checks)
+                if "invalid values" not in str(e):
+                    raise
+                raise EstimatorError(
+                    f"AIS met invalid values at step {t} of {T} in datapoints {b0}-{b0 + b - 1}: "
+                    f"{str(e).splitlines()[0]} (a diverged model, or data it cannot score?)"
+                ) from None
+            # the first step at which a datapoint's weights hold NaN (no host read here)
+            nan = torch.isnan(state.log_w).any(0) | (state.log_w == math.inf).any(0)
+            first_nan = torch.where((first_nan == 0) & nan, t, first_nan)
             if info.accept_prob is not None:
                 accept_per_step.append(info.accept_prob[:C].mean())
                 divergences = divergences + info.divergent[:C].sum()
@@ -329,6 +343,14 @@ def _anneal(
                     state = state._replace(step_size=step.expand(C + P, b))
             if progress is not None:
                 progress(i * T + t, num_batches * T)
+        if bool((first_nan > 0).any()):
+            bad = (first_nan > 0).nonzero().flatten()
+            k = int(bad[first_nan[bad].argmin()])
+            raise EstimatorError(
+                f"AIS's weights became NaN at step {int(first_nan[k])} of {T} for datapoint "
+                f"{b0 + k} ({len(bad)} of this batch's {b} in all): the model's log-density or its "
+                "gradient is not finite there; try a smaller step size (fewer leapfrog steps, "
+                "a lower target acceptance) or check the model for a diverged checkpoint")
         states.append(AISState(state.z[:C], state.log_w[:C], state.step_size[:C]))
         used.append(table)
         if accept_per_step:

@@ -28,6 +28,10 @@ class RunLockedError(PgmError, RuntimeError):
     """Another process is writing the run directory (``pgm.runlock``); the message names it."""
 
 
+class EstimatorError(PgmError, RuntimeError):
+    """An estimator met values it cannot use (NaN in a chain's weight): says where."""
+
+
 class TrainingDivergedError(PgmError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -391,3 +391,21 @@ def test_ais_kernel_on_a_gpu_never_waits_for_the_host():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert state.z.is_cuda and step.is_cuda
+
+
+def test_nan_in_the_weights_is_one_error_naming_the_step_and_datapoint(model):
+    # a log-density that turns NaN in part of the latent space: the weights of the chains that
+    # reach it become NaN; AIS says where instead of returning NaN
+    from pgm.errors import EstimatorError
+
+    W, b, sigma, x, _, _ = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+
+    def log_joint(x_, z):
+        v = f.log_joint(x_, z)
+        return torch.where(z[..., 0] > 1.0, torch.nan, v)
+
+    g = f._replace(log_joint=log_joint)
+    with pytest.raises(EstimatorError, match=r"NaN at step \d+ of 20 for datapoint \d+"):
+        ais(g, x, schedule=linear_schedule(20), num_chains=4, initial="prior",
+            generator=torch.Generator().manual_seed(0))

@@ -359,3 +359,13 @@ def test_a_config_of_the_wrong_type():
     with pytest.raises(CheckpointError, match="no config.json"):
         pgm.load_run("/nonexistent/run")
     assert issubclass(DataError, PgmError)
+
+
+def test_a_gan_whose_losses_explode_stops_with_one_line(tmp_path, capsys):
+    # at lr 1e6 the losses stay finite but reach 1e19 within an epoch: stopped, not "finished"
+    out = tmp_path / "gan"
+    capsys.readouterr()
+    assert main(["train", "gan", "--data", "gauss1d", "--epochs", "3", "--lr", "1e6",
+                 "--out", str(out), "--no-progress"]) == 2
+    line = one_line(capsys)
+    assert "exploded in epoch 1" in line and "smaller --lr" in line, line

@@ -38,7 +38,7 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about six minutes on 2 CPU cores (5.8 measured, 1.9 of them the five
+#: "default" takes about five minutes on 2 CPU cores (4.6 measured, 1.2 of them the five
 #: evaluations); "small" is for tests and smoke runs.
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the

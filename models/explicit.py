@@ -155,7 +155,7 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
                             batch_size=batch_size, seed=seed, y_valid=y_valid)
     from pgm.inference.adapter import latent_callables
     from pgm.inference.ais import ais
-    from pgm.inference.laplace import laplace_proposal
+    from pgm.inference.laplace import AIS_DEFENSIVE, laplace_proposal
     from pgm.inference.schedules import sigmoid_schedule
 
     t0 = time.perf_counter()
@@ -181,7 +181,7 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + lo + 1)
                 f = latent_callables(view, yb)
                 if not guide:  # at this sigma's posterior mode
-                    f = laplace_proposal(f, xb, defensive=0.0)  # evaluation.AIS_DEFENSIVE
+                    f = laplace_proposal(f, xb, defensive=AIS_DEFENSIVE)
                 est = ais(f, xb, schedule=sigmoid_schedule(ais_steps), num_chains=ais_chains,
                           pilot_chains=pilot_chains, num_leapfrog=num_leapfrog, initial="q",
                           generator=gen)

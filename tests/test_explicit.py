@@ -128,6 +128,30 @@ def test_fit_sigma_by_em_finds_the_maximum_likelihood_sigma_of_a_linear_generato
     assert at - 1.0 < choice.log_px[i] <= at + 3 * choice.se[i], (choice, at)
 
 
+def test_fit_sigma_without_a_guide_runs_em_from_laplace_fits():
+    # The same closed form through a GAN whose generator is one linear layer: its view has no
+    # guide, so each EM step's AIS starts from a Laplace fit, warm-started after the first.
+    from pgm.models.gan import GAN
+    from pgm.models.linear_gaussian import linear_gaussian_log_marginal
+
+    torch.manual_seed(1)
+    gan = GAN(data_dim=20, latent_dim=2, hidden=(), output="identity")
+    lin = gan.generator.net[0]
+    with torch.no_grad():
+        x = lin(torch.randn(60, 2)) + 0.1 * torch.randn(60, 20)
+    W, b = lin.weight.detach(), lin.bias.detach()
+    grid = torch.linspace(0.05, 0.2, 301)
+    exact = torch.stack([linear_gaussian_log_marginal(x, W, b, s).mean() for s in grid])
+    best = grid[exact.argmax()].item()
+    assert not explicit_view(gan, 0.3).amortized_guide
+    choice = fit_sigma(gan, x, n=60, ais_steps=50, ais_chains=4, max_iter=6)
+    assert len(choice.sigmas) >= 2  # a warm-started fit ran
+    assert abs(choice.sigma / best - 1) < 0.05, (choice.sigmas, best)
+    i = choice.sigmas.index(choice.sigma)
+    at = linear_gaussian_log_marginal(x, W, b, choice.sigma).mean().item()
+    assert at - 0.05 < choice.log_px[i] <= at + 3 * choice.se[i], (choice, at)
+
+
 def test_fit_sigma_on_a_mixture_is_the_exact_grid():
     gmm = _gmm(D=20, M=3)
     g = torch.Generator().manual_seed(1)

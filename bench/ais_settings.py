@@ -29,6 +29,7 @@ import torch
 import pgm
 from pgm.inference.adapter import latent_callables
 from pgm.inference.ais import ais
+from pgm.inference.laplace import AIS_DEFENSIVE
 from pgm.inference.schedules import sigmoid_schedule
 from pgm.models.explicit import explicit_view
 
@@ -44,8 +45,8 @@ def main():
     p.add_argument("--sigma", type=float, required=True)
     p.add_argument("--initial", choices=("q", "prior", "laplace"), required=True)
     p.add_argument("--reference", choices=("q", "prior", "laplace"), default=None)
-    p.add_argument("--defensive", type=float, default=0.1,
-                   help="the prior's share in the Laplace proposal")
+    p.add_argument("--defensive", type=float, default=AIS_DEFENSIVE,
+                   help="the prior's share in the Laplace proposal (default: pgm evaluate's)")
     p.add_argument("--modes", type=int, default=4, help="the Laplace proposal's modes")
     p.add_argument("--reference-file", default=None,
                    help="keep the reference run's per-datapoint values here (.pt) and reuse "

@@ -6,7 +6,8 @@ or, with ``objective="em"`` for a model that declares ``closed_form_em`` (the GM
 closed-form EM step on the whole training set per epoch in place of the minibatches
 (same validation, early stopping, checkpoints and resume); minibatches sliced
 from tensors that live on the device, optional KL warm-up (beta rising linearly to 1),
-a learning-rate schedule, gradient clipping, a validation ELBO each epoch, early stopping
+a learning-rate schedule, gradient clipping, a validation ELBO each epoch (and, for the
+``iwae``/``iwae-dreg`` objectives, the validation IWAE_K that then decides), early stopping
 with best-weights restore, and -- given a run directory -- an atomic checkpoint each epoch
 from which ``resume=True`` continues to the same result as an uninterrupted run. The
 checkpoint is the one commit point: it holds the history rows and the best weights, and
@@ -65,7 +66,7 @@ class FitConfig:
     lr_decay: float = 0.98  # per-epoch factor of the exponential schedule
     clip_norm: float | None = 100.0  # max gradient norm; None turns clipping off
     kl_warmup_epochs: int = 0  # beta = min(1, epoch / kl_warmup_epochs)
-    patience: int | None = 10  # stop after this many epochs without a better valid ELBO
+    patience: int | None = 10  # stop after this many epochs without a better valid bound
     min_epochs: int | None = None  # never stop before this epoch; None: the model's default
     seed: int = 0
     device: str = "auto"
@@ -94,19 +95,24 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
-                  batch_size: int = 1000) -> float:
-    """Mean single-sample ELBO per datapoint (nats), beta = 1, in eval mode."""
+                  batch_size: int = 1000, num_particles: int = 1) -> float:
+    """Mean single-sample ELBO per datapoint (nats), beta = 1, in eval mode; with
+    ``num_particles`` K > 1 the IWAE_K bound (a model on the fast path only)."""
     if len(x) == 0:
         return math.nan
     was_training = model.training
     model.eval()
     elbo = None if fast_path(model) else make_objective(model, "elbo")
+    if elbo is not None and num_particles > 1:
+        raise ValueError("an IWAE bound needs plain reparameterized distributions")
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         yb = None if y is None else y[i:i + batch_size]
         if elbo is None:
-            total += reparam_log_weights(model, xb, yb).sum()
+            with torch.no_grad():
+                log_w = reparam_log_weights(model, xb, yb, num_particles)
+                total += (torch.logsumexp(log_w, 0) - math.log(num_particles)).sum()
         else:
             with torch.enable_grad():  # TraceEnum_ELBO refuses to build a loss without grad
                 total -= elbo(xb, yb, 1.0).detach() * len(xb)
@@ -211,6 +217,22 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
         loss_fn = dist.data_parallel(model, loss_fn)
         x_valid = dist.shard(x_valid)
         y_valid = None if y_valid is None else dist.shard(y_valid)
+    # the weights kept and early stopping follow the bound the run trains: the validation
+    # IWAE_K of an importance-weighted objective (the single-sample ELBO, which it does not
+    # optimise, kept an IWAE-DReG run's epoch 69 of 100: README, "Training objectives")
+    select_k = cfg.num_particles if cfg.objective in ("iwae", "iwae-dreg") else 1
+    select = "valid_elbo" if select_k == 1 else f"valid_iwae_{select_k}"
+
+    def valid_bound(k: int) -> float:
+        """The mean validation bound with k particles, over every rank's shard."""
+        value = evaluate_elbo(model, x_valid, y_valid, num_particles=k)
+        if world == 1:
+            return value
+        local = torch.tensor([value * len(x_valid) if len(x_valid) else 0.0, len(x_valid)],
+                             dtype=torch.float64, device=device)
+        total, count = dist.all_sum(local).tolist()
+        return total / count if count else math.nan
+
     if cfg.patience is not None and bad_epochs >= cfg.patience and start_epoch >= min_epochs:
         # resumed a run that had stopped
         start_epoch = cfg.epochs
@@ -265,14 +287,12 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
             sched.step()
 
         t1 = time.perf_counter()
-        valid_elbo = evaluate_elbo(model, x_valid, y_valid)
-        if world > 1:  # the shards' sums, added up over the ranks
-            local = torch.tensor([valid_elbo * len(x_valid) if len(x_valid) else 0.0,
-                                  len(x_valid)], dtype=torch.float64, device=device)
-            elbo_sum, count = dist.all_sum(local).tolist()
-            valid_elbo = elbo_sum / count if count else math.nan
+        valid_elbo = valid_bound(1)
+        valid = {"valid_elbo": valid_elbo}
+        if select_k > 1:
+            valid[f"valid_iwae_{select_k}"] = valid_bound(select_k)
         valid_seconds = time.perf_counter() - t1
-        score = valid_elbo if has_valid else train_elbo
+        score = valid[select] if has_valid else train_elbo
         if score > best_elbo:
             best_elbo, bad_epochs = score, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -281,7 +301,7 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
         stop = cfg.patience is not None and bad_epochs >= cfg.patience and epoch + 1 >= min_epochs
 
         t2 = time.perf_counter()
-        row = {"epoch": epoch + 1, "train_elbo": train_elbo, "valid_elbo": valid_elbo,
+        row = {"epoch": epoch + 1, "train_elbo": train_elbo, **valid,
                "beta": beta, "lr": lr, "seconds": seconds, "valid_seconds": valid_seconds,
                "checkpoint_seconds": 0.0}
         if log is not None:  # before the checkpoint: a resumed run repeats an unsaved epoch

@@ -304,9 +304,12 @@ def _train_svi(args, out: Path, progress, cls, logger, resumed) -> int:
     figures = model.write_figures(out, data, history,
                                   **({} if baseline is None else {"baseline": baseline}))
     _log_figures(logger, figures, history)
-    best = max(history, key=lambda r: r["valid_elbo"]) if history else None
+    key = next((k for k in (history[0] if history else {}) if k.startswith("valid_iwae_")),
+               "valid_elbo")  # the bound that chose the weights (pgm.inference.svi.fit)
+    best = max(history, key=lambda r: r[key]) if history else None
     if best is not None:
-        print(f"best valid ELBO {best['valid_elbo']:.3f} nats at epoch {best['epoch']} "
+        name = f"IWAE_{key.rsplit('_', 1)[1]}" if key != "valid_elbo" else "ELBO"
+        print(f"best valid {name} {best[key]:.3f} nats at epoch {best['epoch']} "
               f"({sum(r['seconds'] for r in history):.1f} s of training)")
     print(f"run directory: {out}  ({len(figures)} figures in {out / 'figures'})")
     return 0

@@ -43,6 +43,18 @@ def test_objectives_train(digits, objective, particles):
     assert history[-1]["valid_elbo"] > history[0]["valid_elbo"]
 
 
+def test_an_iwae_run_keeps_the_weights_of_its_best_validation_iwae(digits, tmp_path):
+    history = pgm.fit(_vae(digits), digits, epochs=4, objective="iwae", num_particles=5,
+                      patience=None, out=tmp_path / "run", progress=False)
+    iwae = [r["valid_iwae_5"] for r in history]
+    assert all(b > e for b, e in zip(iwae, (r["valid_elbo"] for r in history)))
+    ckpt = io.load_checkpoint(tmp_path / "run" / io.CHECKPOINT)
+    assert ckpt["best_elbo"] == max(iwae)  # the score that chose the weights
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["epoch", "train_elbo", "valid_elbo", "valid_iwae_5"]
+    assert "valid_iwae_5" not in pgm.fit(_vae(digits), digits, epochs=1, progress=False)[0]
+
+
 def test_dynamic_binarisation_trains(digits):
     data = pgm.load_dataset("digits", binarize="dynamic")
     history = pgm.fit(_vae(data), data, epochs=2, progress=False)

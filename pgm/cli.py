@@ -3,7 +3,8 @@
 The library returns results; this module prints them. Under ``torchrun``, ``train`` and
 ``evaluate`` join the launcher's process group (pgm.distributed) and only rank 0 prints
 and writes files. ``train`` and ``evaluate`` hold the run directory's lock (pgm.runlock)
-while they write it: a second writer stops with one line naming the first."""
+while they write it, and ``sample`` while it writes into it: a second writer stops with one
+line naming the first."""
 
 from __future__ import annotations
 
@@ -389,10 +390,12 @@ def _sample(args) -> int:
     x = run.model.sample(args.n)
     out = Path(args.out or Path(args.run) / "figures" / f"samples-{args.n}.png")
     shape = run.config["data"].get("image_shape")
-    plots.save_figure(plots.samples(x, tuple(shape) if shape else None), out)
-    buf = __import__("io").BytesIO()
-    np.save(buf, x.numpy())
-    io.atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
+    inside = out.resolve().is_relative_to(Path(args.run).resolve())
+    with runlock.hold(args.run if inside else None, "pgm sample"):  # writes into the run
+        plots.save_figure(plots.samples(x, tuple(shape) if shape else None), out)
+        buf = __import__("io").BytesIO()
+        np.save(buf, x.numpy())
+        io.atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
     print(f"wrote {out} and {out.with_suffix('.npy')}")
     return 0
 

@@ -44,17 +44,25 @@ def trained(tmp_path_factory):
     ["train", "vae", "--epochs", "2", "--resume", *TRAIN],
     ["train", "vae", "--epochs", "1", *TRAIN],
     ["evaluate", *EVALUATE],
-], ids=["train-resume", "train-new", "evaluate"])
+    ["sample", "-n", "4"],
+], ids=["train-resume", "train-new", "evaluate", "sample"])
 def test_a_second_writer_stops_with_one_line_and_changes_nothing(trained, holder, argv, capsys):
     h = holder(trained)
     before = hashes(trained)
-    argv = [*argv, str(trained)] if argv[0] == "evaluate" else [*argv, "--out", str(trained)]
+    argv = [*argv, str(trained)] if argv[0] in ("evaluate", "sample") else \
+        [*argv, "--out", str(trained)]
     assert main(argv) == 2
     line = one_line(capsys)
     assert f"process {h.pid} (pgm train)" in line and str(trained) in line
     assert line.startswith(f"pgm {argv[0]}: error: ")
     assert hashes(trained) == before
     assert not runlock.held(trained)
+
+
+def test_samples_written_outside_a_held_run_need_no_lock(trained, holder, tmp_path):
+    holder(trained)
+    assert main(["sample", str(trained), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file() and (tmp_path / "s.npy").is_file()
 
 
 def test_a_gan_stops_too_and_leaves_the_folder_as_it_was(tmp_path, holder, capsys):

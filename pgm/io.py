@@ -129,6 +129,10 @@ def _load_state_dict(model, state, path) -> None:
             f"{path} does not match the model {type(model).__name__}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{path}: {', '.join(bad[:3])} hold NaN or infinite values "
+                              "(a diverged or corrupt run); nothing was loaded")
     device = next(iter(own.values())).device if own else torch.device("cpu")
     model.load_state_dict({k: v.to(device) for k, v in state.items()})
 

@@ -254,6 +254,21 @@ def test_broken_run_files_are_named(run, tmp_path, capsys, name, edit, message):
     assert message in line
 
 
+@pytest.mark.parametrize("command", ["evaluate", "sample"])  # --resume rewrites them
+def test_weights_with_nan_are_named_before_any_estimator_runs(run, tmp_path, capsys, command):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "vae"
+    shutil.copytree(run, copy)
+    state = load_file(copy / "model.safetensors")
+    state["decoder.0.weight"][0, 0] = float("nan")
+    save_file(state, copy / "model.safetensors")
+    argv = {"evaluate": ["evaluate", str(copy), "--overwrite", *EVAL_ARGS],
+            "sample": ["sample", str(copy), "-n", "4"]}[command]
+    line = _refused(argv, tmp_path, capsys, argv[0])
+    assert "model.safetensors: decoder.0.weight hold NaN or infinite values" in line
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t[: len(t) // 3], "results.json is not valid JSON (truncated or corrupt?)"),
     (_json_edit(lambda r: r.pop("estimators")), "results.json: field 'estimators' is missing"),

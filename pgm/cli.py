@@ -90,7 +90,8 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     t.add_argument("--kl-warmup", type=int, default=0,
                    help="epochs over which the KL weight rises linearly to 1 (default 0)")
     t.add_argument("--patience", type=int, default=10,
-                   help="early stopping: epochs without a better valid ELBO; 0 = off")
+                   help="early stopping: epochs without a better validation bound (the ELBO; "
+                        "IWAE_K for --objective iwae, iwae-dreg); 0 = off")
     t.add_argument("--min-epochs", type=int, default=None,
                    help="early stopping never stops before this epoch (default: the "
                         "model's: 30 for gmm, 100 for ppca, 0 otherwise)")

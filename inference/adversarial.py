@@ -372,14 +372,15 @@ def gan_settings_for(data) -> dict:
     95, the samples speckled blots; spectral norm alone: 0.23 and 30, smoother but blobby
     strokes; spectral norm and lr_d 6e-4: 0.42 and 13.7 (seed 1: 0.41 and 19.6), every digit
     drawn, about half of them cleanly, the rest with broken or blotted strokes; spectral norm
-    with batch 32 (twice the G steps, one lr): 0.32 and 26.9. Spectral norm made a training
-    run 1.16x as long (two runs side by side on a shared CPU; 1.7x for one D and one G step
-    timed alone, interleaved) and costs nothing at evaluation: G is unchanged, so an AIS step
-    costs what it did. The small DCGAN (``arch="dcgan"``) with the average and spectral norm
-    had ratio 0.012 and Fréchet 94 at 25 epochs (noisy, mostly unreadable strokes), costs 2x
-    per epoch and 10x per AIS step (a forward and backward pass of G on 800 latents, 9.6x and
-    10.8x in two interleaved timings), so it is not the default. Other real data: a small MLP
-    GAN with D on standardised data, 30 epochs. ``epochs`` is returned with the other settings.
+    with batch 32 (twice the G steps, one lr): 0.32 and 26.9. Spectral norm makes an epoch
+    1.33x as long (1.73 s against 1.30 s on one thread, old and new defaults interleaved;
+    100 epochs: about 173 s against 130 s) and costs nothing at evaluation: G is unchanged,
+    so an AIS step costs what it did. The small DCGAN (``arch="dcgan"``) with the average
+    and spectral norm had ratio 0.012 and Fréchet 94 at 25 epochs (noisy, mostly unreadable
+    strokes), costs 2x per epoch and 10x per AIS step (a forward and backward pass of G on
+    800 latents, 9.6x and 10.8x in two interleaved timings), so it is not the default.
+    Other real data: a small MLP GAN with D on standardised data, 30 epochs. ``epochs`` is
+    returned with the other settings.
     """
     x = data.x_train
     standardise = {"output": "identity", "data_loc": tuple(x.mean(0).tolist()),

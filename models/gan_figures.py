@@ -13,7 +13,10 @@ r"""The GAN's figures, written into RUN/figures/ by :func:`write_gan_figures`.
 - Images, ``samples.png`` (64 samples from the same fixed z as the grids drawn during
   training, RUN/figures/samples_epochNNN.png), ``nearest_neighbours.png`` (samples above
   their nearest training images: are they copies?) and ``nn_histogram.png`` (the distance to
-  the nearest training image for 1,000 samples and for the test images).
+  the nearest training image for 1,000 samples and for the test images); for labelled
+  images ``class_histogram.png``, the class histogram of 10,000 samples under the feature
+  classifier beside the test set's (:mod:`pgm.mode_coverage`; the classifier is cached in
+  RUN/cache/, where the evaluation's sample quality finds it).
 """
 
 from __future__ import annotations
@@ -211,7 +214,11 @@ def training_curves_figure(history: list[dict], steps: list[list] | None = None,
 def write_gan_figures(run_dir: str | Path, model, data, history: list[dict], *,
                       n: int = 64) -> list[Path]:
     """Write the figures of the module docstring into RUN/figures/; return their paths."""
+    from pgm.inference.parzen import draw_samples
+    from pgm.mode_coverage import DEFAULT_N, class_coverage, class_histogram_figure
     from pgm.sample_quality import (
+        CLASSIFIER_FILE,
+        feature_classifier,
         nearest_neighbour_figure,
         nearest_neighbour_histogram,
         nearest_neighbours,
@@ -261,4 +268,11 @@ def write_gan_figures(run_dir: str | Path, model, data, history: list[dict], *,
                 nearest_neighbours(data.x_test, data.x_train).distance,
                 title="GAN: distance to the nearest training image (copies sit near 0)"),
                 fig_dir / "nn_histogram.png"))
+        if data.n_classes is not None:
+            written.append(plots.save_figure(class_histogram_figure(
+                class_coverage(draw_samples(model, DEFAULT_N, seed=seed), data,
+                               feature_classifier(data, path=run_dir / "cache" /
+                                                  CLASSIFIER_FILE)),
+                title=f"GAN: class histogram of {DEFAULT_N:,} samples (mode coverage)"),
+                fig_dir / "class_histogram.png"))
     return written

@@ -571,6 +571,11 @@ def evaluate(model, guide=None, x=None, *args, config: EvalConfig | None = None,
         extra = _program_representation(x_all, subject.discrete_data)
     ev = measure(subject, cfg, progress=progress, device=device)
     ev.estimators.update(more)
+    coverage = (extra.get("sample_quality") or {}).get("classes")
+    if coverage is not None:  # RUN/eval/figures/class_histogram.png
+        from pgm.mode_coverage import class_histogram_figure
+
+        ev.figures_data["class_histogram"] = class_histogram_figure(coverage)
     ev.extra.update(extra)
     ev.device = str(device)
     return ev

@@ -112,7 +112,8 @@ def models(out: Path) -> list[Model]:
         Model("autoencoder", out / "vae" / "ae-baseline", ()),
         Model("Gaussian mixture", out / "gmm", ("samples.png", "components.png")),
         Model("conditional VAE", out / "cvae", ("class_samples.png", "style_transfer.png")),
-        Model("GAN", out / "gan", ("samples.png", "training_curves.png"), long_ais=True),
+        Model("GAN", out / "gan", ("samples.png", "class_histogram.png", "training_curves.png"),
+              long_ais=True),
     ]
 
 

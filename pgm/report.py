@@ -11,7 +11,14 @@ results.json (schema ``pgm-eval``, version 3)::
                     "exact" or "quadrature": ...},
      "best": "ais",
      "checks": [{"lower", "upper", "n", "diff_mean", "diff_se", "ok"}, ...],
-     "representation": {...}, "test_images": {...}, ...}
+     "representation": {...}, "test_images": {...},
+     "sample_quality": {"nearest_neighbour", "frechet", "classes"}, ...}
+
+``sample_quality`` (with ``--sample-quality``, always for a GAN) is
+:func:`pgm.sample_quality.sample_quality`'s dict; its ``classes`` (labelled data only, added
+within version 3) is the class histogram of 10,000 samples beside the test set's
+(:mod:`pgm.mode_coverage`), ``classes.samples.ratio`` the rarest class's count over the most
+common one's.
 
 Values are nats per datapoint. Each estimator says what it is: ``bound`` is ``lower``,
 ``upper``, ``exact``, ``numerical`` (quadrature, to its ``tol``) or ``none``, and ``data`` is
@@ -388,6 +395,14 @@ def _write_evaluation(out: Path, run_dir, evaluation, *, dataset, device, world_
     return results
 
 
+def _coverage_cell(coverage: dict, with_test: bool) -> str:
+    """A run's class-histogram ratio, with the classes its samples lack."""
+    s, t = coverage["samples"], coverage.get("test")
+    missing = s.get("missing") or []
+    return (f"{s['ratio']:.2f}" + (f" (no {', '.join(map(str, missing))})" if missing else "")
+            + (f" (test: {t['ratio']:.2f})" if with_test and t else ""))
+
+
 def _cell(s) -> str:
     return "–" if s is None else f"{s['mean']:.2f} ± {_fmt(s['se'])} ({s['n']})"
 
@@ -569,12 +584,21 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
         tests = [x["frechet"]["test_vs_train"] for x in q if x]
         one_test = _uniform(tests) or len(tests) == 1
         header += ["NN ratio", "Fréchet" + (f" (test: {tests[0]:.2f})" if one_test else "")]
+        covs = [(x or {}).get("classes") for x in q]
+        ratios = [c["test"]["ratio"] for c in covs if c and c.get("test")]
+        one_ratio = _uniform(ratios) or len(ratios) == 1
+        if any(covs):
+            header.append("classes: rarest/most common" + (
+                f" (test: {ratios[0]:.2f})" if ratios and one_ratio else ""))
         for i, (row, x) in enumerate(zip(rows, q)):
             fd = x and x["frechet"]
             row += ["–", "–"] if x is None else [
                 f"{mark[i]}{x['nearest_neighbour']['ratio']:.2f}",
                 f"{mark[i]}{fd['samples_vs_train']:.2f}"
                 + ("" if one_test else f" (test: {fd['test_vs_train']:.2f})")]
+            if any(covs):
+                c = covs[i]
+                row.append("–" if c is None else _coverage_cell(c, not one_ratio))
 
     est_n = {n: [r["estimators"][n]["n"] for r in results if n in r["estimators"]]
              for n in est_names}

@@ -44,6 +44,7 @@ from torch import nn
 
 from pgm import io, plots
 from pgm.inference.parzen import draw_samples
+from pgm.mode_coverage import DEFAULT_N, class_coverage
 from pgm.nets import MLP
 
 __all__ = [
@@ -241,13 +242,18 @@ def feature_classifier(data, *, path: str | Path | None = None, hidden=(256,),
 @torch.no_grad()
 def sample_quality(model, data, *, n: int | None = None, run_dir: str | Path | None = None,
                    seed: int = 0, classifier: FeatureClassifier | None = None,
-                   samples: torch.Tensor | None = None, return_distances: bool = False):
+                   samples: torch.Tensor | None = None, return_distances: bool = False,
+                   n_classes_samples: int = DEFAULT_N):
     """Nearest-neighbour and Fréchet summaries of ``n`` samples of ``model`` (default: as
-    many as training points). Returns a JSON-able dict::
+    many as training points) and, for labelled data, the class histogram of
+    ``n_classes_samples`` samples (:mod:`pgm.mode_coverage`; of ``samples`` themselves when
+    they are given). Returns a JSON-able dict::
 
         {"n_samples", "nearest_neighbour": {"samples": {mean, se, median, min, n},
                                             "test": {...}, "ratio"},
-         "frechet": {"samples_vs_train", "test_vs_train", "features", "classifier_accuracy"}}
+         "frechet": {"samples_vs_train", "test_vs_train", "features", "classifier_accuracy"},
+         "classes": {"samples": {counts, fractions, n, rarest, most_common, ratio, missing},
+                     "test": {...}, "classifier_accuracy"}}  # labelled data only
 
     ``ratio`` < 1 means samples sit closer to training points than test data do (copying).
     ``test_vs_train`` is the finite-sample floor of the Fréchet distance on this data.
@@ -271,14 +277,22 @@ def sample_quality(model, data, *, n: int | None = None, run_dir: str | Path | N
                               for i in range(0, len(x), 1000)])
         f_s, f_train, f_test = feats(s), feats(x_train), feats(x_test)
         kind, acc = "classifier", getattr(classifier, "accuracy", math.nan)
+        coverage = None
+        if data.n_classes is not None:
+            many = s if samples is not None else draw_samples(model, n_classes_samples,
+                                                              seed=seed)
+            coverage = class_coverage(many, data, classifier)
     else:
         f_s, f_train, f_test, kind, acc = s, x_train, x_test, "raw", math.nan
+        coverage = None
     out["frechet"] = {
         "samples_vs_train": frechet_feature_distance(f_s, f_train),
         "test_vs_train": frechet_feature_distance(f_test, f_train) if len(f_test) > 1
         else math.nan,
         "features": kind, "classifier_accuracy": acc, "n_train": len(x_train),
         "n_test": len(x_test)}
+    if coverage is not None:
+        out["classes"] = coverage
     if return_distances:
         return out, {"samples": nn_s, "test": nn_t}
     return out

@@ -95,5 +95,14 @@ def read_results(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: field 'best' names {best!r}, which is not under "
                               "'estimators'")
     _need(path, results, "representation", "an object", optional=True)
+    quality = _need(path, results, "sample_quality", "an object", optional=True)
+    classes = _need(path, quality, "classes", "an object", optional=True,
+                    prefix="sample_quality.") if quality else None
+    for part in ("samples", "test") if classes else ():
+        hist = _need(path, classes, part, "an object", optional=part == "test",
+                     prefix="sample_quality.classes.")
+        if hist is not None:
+            _need(path, hist, "ratio", "a number", prefix=f"sample_quality.classes.{part}.")
+            _need(path, hist, "counts", "a list", prefix=f"sample_quality.classes.{part}.")
     return results
 

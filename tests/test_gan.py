@@ -8,6 +8,8 @@ import pytest
 import torch
 from contract import check_sites
 from pyro.infer import Trace_ELBO
+from torch import nn
+from torch.nn.utils import parametrize
 
 import pgm
 from pgm import io
@@ -23,6 +25,7 @@ from pgm.inference.adversarial import (
 )
 from pgm.models import GAN, get_model_class
 from pgm.models.explicit import choose_sigma
+from pgm.models.gan import GANConfig
 from pgm.models.gan_figures import save_epoch_samples, write_gan_figures
 
 TOY_EPOCHS = 40
@@ -139,6 +142,24 @@ def test_averaged_generator_follows_the_trained_one_and_serves_eval_mode():
     assert "generator_ema.net.0.weight" in gan.state_dict()  # saved and resumed with the run
 
 
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_spectral_norm_bounds_every_layer_of_the_discriminator(arch):
+    torch.manual_seed(0)
+    gan = GAN(data_dim=64, latent_dim=4, hidden=(32,), image_shape=(8, 8), arch=arch,
+              channels=4, spectral_norm=True)
+    layers = [m for m in gan.discriminator.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    assert not any(parametrize.is_parametrized(m) for m in gan.generator.modules())
+    x = torch.rand(16, 64)
+    for _ in range(30):  # power iterations, one per training-mode forward pass
+        gan.discriminate(x)
+    for m in layers:
+        w = m.weight.reshape(m.weight.shape[0], -1)
+        assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1, abs=0.05)
+    with pytest.raises(ValueError, match="spectral_norm must be true or false"):
+        GANConfig(data_dim=4, spectral_norm="yes")
+
+
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():
     torch.manual_seed(0)
     gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")
@@ -237,11 +258,12 @@ def test_evaluate_and_choose_sigma_on_the_toy(toy, gauss1d):
 # ----------------------------------------------------------------------------- runs
 
 
-def test_resume_equals_uninterrupted(gauss1d, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_resume_equals_uninterrupted(gauss1d, tmp_path, monkeypatch, spectral_norm):
     import pgm.inference.adversarial as adv
 
     kw = dict(epochs=4, seed=3, progress=False, sample_every=1, batch_size=200, d_dropout=0.1,
-              on_epoch=save_epoch_samples)
+              on_epoch=save_epoch_samples, spectral_norm=spectral_norm)
     full, h_full = train_gan(gauss1d, tmp_path / "a", **kw)  # linear lr decay: 1-D default
     saves, save = [], io.save_checkpoint
 
@@ -303,4 +325,6 @@ def test_image_gan_trains_and_draws(tmp_path):
     assert (tmp_path / "img/figures/samples_epoch001.png").is_file()
     written = write_gan_figures(tmp_path / "img", gan, data, history)
     assert {p.name for p in written} == {"training_curves.png", "samples.png",
-                                         "nearest_neighbours.png", "nn_histogram.png"}
+                                         "nearest_neighbours.png", "nn_histogram.png",
+                                         "class_histogram.png"}
+    assert (tmp_path / "img/cache/frechet_classifier.safetensors").is_file()  # for evaluate

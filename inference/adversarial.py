@@ -406,8 +406,9 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     ``arch``, ``z_dist``, ...; ``data_dim`` and ``image_shape`` come from the data) and of
     :class:`GANFitConfig` (``lr``, ``k``, ``generator_loss``, ``label_smoothing``, ...); an
     unknown name is a ValueError. Unset model fields get :func:`gan_settings_for`'s defaults.
-    ``resume=True`` rebuilds the model from ``out``/config.json and refuses other settings.
-    ``epochs=None`` takes :func:`gan_settings_for`'s number for the data. ``log``: experiment
+    ``resume=True`` rebuilds the model from ``out``/config.json (unset fields take the run's
+    values, whatever today's defaults) and refuses other settings. ``epochs=None`` takes
+    :func:`gan_settings_for`'s number for the data (the run's own on resume). ``log``: experiment
     tracking, as in :func:`pgm.fit`.
     """
     from pgm.models.gan import GAN, GANConfig
@@ -418,7 +419,17 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     if unknown:
         raise ValueError(f"unknown GAN option(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(model_keys | fit_keys))}")
-    settings = {**gan_settings_for(data), **settings}
+    defaults = gan_settings_for(data)
+    if resume and out is not None and (Path(out) / io.CONFIG).is_file():
+        # the run's own settings, not today's defaults (which may have changed since it
+        # started); a setting passed here is still compared with the run's below
+        saved = io.read_config(out)
+        if saved.get("model") == GAN.name:
+            defaults = {**to_dict(from_dict(GANConfig, saved["model_config"])),
+                        **to_dict(from_dict(GANFitConfig, saved["fit"]))}
+            defaults = {k: v for k, v in defaults.items()
+                        if k in model_keys | fit_keys | {"epochs"}}
+    settings = {**defaults, **settings}
     default_epochs = settings.pop("epochs")
     model_kw = {k: v for k, v in settings.items() if k in model_keys}
     for key in ("hidden", "d_hidden", "image_shape", "data_loc", "data_scale"):

@@ -297,6 +297,25 @@ def test_more_epochs_on_resume_continue_the_run(gauss1d, tmp_path):
     _assert_same(resumed.state_dict(), full.state_dict())
 
 
+def test_a_run_resumes_with_its_own_settings_after_the_defaults_change(gauss1d, tmp_path,
+                                                                      monkeypatch):
+    import pgm.inference.adversarial as adv
+
+    today = adv.gan_settings_for
+
+    def older(data):  # the defaults a run was started with, before a release changed them
+        return {**today(data), "lr_d": 1e-3, "d_dropout": 0.2, "epochs": 2}
+
+    monkeypatch.setattr(adv, "gan_settings_for", older)
+    kw = dict(seed=2, progress=False, batch_size=500, lr_schedule="constant")
+    full, h_full = train_gan(gauss1d, tmp_path / "a", **kw)
+    train_gan(gauss1d, tmp_path / "b", epochs=1, **kw)
+    monkeypatch.undo()
+    resumed, h_res = train_gan(gauss1d, tmp_path / "b", epochs=2, resume=True, **kw)
+    assert resumed.config.d_dropout == 0.2 and len(h_res) == 2
+    assert [r["d_loss"] for r in h_res] == [r["d_loss"] for r in h_full]
+
+
 def test_existing_run_other_settings_and_unknown_options_are_refused(gauss1d, tmp_path):
     train_gan(gauss1d, tmp_path / "r", epochs=1, progress=False, batch_size=1000)
     with pytest.raises(CheckpointError, match="already holds a run"):

@@ -12,11 +12,12 @@ per particle, AIS: a forward and an input-gradient pass per chain, pilot chains 
 every leapfrog step and once more per step). IWAE runs in a fresh process, whose peak resident
 memory (``getrusage``, the whole process: interpreter, torch, data, model) is printed beside
 it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' OpenMP spin-waits
-collapse under load): IWAE K=5000 on 1,000 images 1.8x (2.5x with ``Bernoulli(logits=h)``'s
-log density and the encoder run per chunk), the process peaking at 0.58 GB, all of it before
-the call (3.1 GB with the weights kept as per-chunk pieces); AIS T=200 on 20 images 1.5-2.3x
-(2.3-2.5x). What is left beside the products: one softplus per pixel and particle (a third of
-the decoder's product time), the bias broadcast and the ReLU; torch.compile of AIS's
+collapse under load): IWAE K=5000 on 1,000 images 1.5-1.8x (2.0-2.4x with
+``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
+0.58 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
+T=200 on 20 images 1.5-1.9x, as before (the head is a small share of its 400-row steps).
+What is left beside the products: one softplus per pixel and particle (a third of the
+decoder's product time), the bias broadcast and the ReLU; torch.compile of AIS's
 value-and-gradient took 136 s to compile and ran 1.3x slower.
 
 The same network measured through :class:`pgm.inference.program.Program` (the callables read

@@ -58,21 +58,25 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         check(x)
         return log_prior(z) + model.decode(z, y).log_prob(x)
 
-    def sample_q(x, K):
-        check(x)
-        with torch.no_grad():
-            return model.encode(x, y).sample((K,))
-
     cache: dict = {}
 
-    def log_q(z, x):
-        # AIS from q calls this with the same x at every leapfrog step: encode it once while
-        # x and the parameters are unchanged (the key holds x, so its id is not reused).
+    def encode(x):
+        # AIS from q calls log_q with the same x at every leapfrog step, IWAE calls sample_q
+        # and log_q with it for every chunk of particles: encode it once while x and the
+        # parameters are unchanged (the key holds x, so its id is not reused).
         key = (x, x._version, torch.is_grad_enabled(),
                tuple(p._version for p in model.parameters()))
         if cache.get("key") is None or not _same_key(cache["key"], key):
             cache["key"], cache["q"] = key, model.encode(x, y)
-        return cache["q"].log_prob(z)
+        return cache["q"]
+
+    def sample_q(x, K):
+        check(x)
+        with torch.no_grad():
+            return encode(x).sample((K,))
+
+    def log_q(z, x):
+        return encode(x).log_prob(z)
 
     def sample_prior(B, K):
         with torch.no_grad():

@@ -7,6 +7,10 @@ lie in its support before training or evaluation starts:
 - ``bernoulli``: :math:`p(x|z) = \prod_d \mathrm{Bern}(x_d; \sigma(h_d))`, x in {0, 1}.
   On grey values in [0, 1] it is the cross-entropy, not a normalised density; that is
   allowed (binarisation "none") but the data module's default binarises.
+  (:class:`BernoulliLogits`: :math:`\sum_d x_d h_d - \mathrm{softplus}(h_d)` as a batched dot
+  product and one softplus pass, and the gradient :math:`x - \sigma(h)` in one more, where
+  ``Bernoulli(logits=h).to_event(1)`` takes about six passes over the broadcast ``(..., D)``
+  shape each way: a third of an IWAE chunk's time on a CPU.)
 - ``gaussian``: :math:`\mathcal N(x; \mu(z), s^2 I)` with a fixed scale s
   (:class:`IsotropicNormal`: :math:`-\lVert x - \mu \rVert^2 / 2s^2 - D \log(s \sqrt{2\pi})`
   in two tensor operations, where ``Normal(mu, s).to_event(1)`` takes about ten over the full
@@ -49,8 +53,7 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
 
     def __call__(self, h):
-        # validate_args=False: grey values are allowed by an explicit "none" binarisation.
-        return dist.Bernoulli(logits=h, validate_args=False).to_event(1)
+        return BernoulliLogits(h)
 
     def check(self, x):
         bad = (x < 0) | (x > 1)
@@ -60,6 +63,48 @@ class Bernoulli(Likelihood):
                 f"outside (min {x.min().item():.3g}, max {x.max().item():.3g}). Scale the data "
                 "to [0, 1] or use a Gaussian likelihood."
             )
+
+
+class _BernoulliLogProb(torch.autograd.Function):
+    r""":math:`\sum_d x_d h_d - \mathrm{softplus}(h_d)` over the last dimension, broadcasting
+    h and x; gradients :math:`g\,(x - \sigma(h))` for h and :math:`g\,h` for x, themselves
+    differentiable (second derivatives)."""
+
+    @staticmethod
+    def forward(ctx, h, x):
+        ctx.save_for_backward(h, x)
+        return torch.einsum("...d,...d->...", h, x) - F.softplus(h).sum(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, x = ctx.saved_tensors
+        g = g.unsqueeze(-1)
+        grad_h = grad_x = None
+        if ctx.needs_input_grad[0]:  # out of place: a Laplace Hessian differentiates it again
+            grad_h = ((x - torch.sigmoid(h)) * g).sum_to_size(h.shape)
+        if ctx.needs_input_grad[1]:
+            grad_x = (g * h).sum_to_size(x.shape)
+        return grad_h, grad_x
+
+
+class BernoulliLogits(dist.Independent):
+    """``Bernoulli(logits=h).to_event(1)`` with the log density of :class:`_BernoulliLogProb`.
+
+    Arguments are not validated: grey values are allowed by an explicit "none" binarisation,
+    and :meth:`Bernoulli.check` checks data before training or evaluation starts.
+    """
+
+    def __init__(self, logits: torch.Tensor, validate_args=None):
+        super().__init__(dist.Bernoulli(logits=logits, validate_args=False), 1,
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        logits = self.base_dist.logits
+        return BernoulliLogits(logits.expand(torch.Size(batch_shape) + logits.shape[-1:]),
+                               validate_args=False)
+
+    def log_prob(self, value):
+        return _BernoulliLogProb.apply(self.base_dist.logits, value)
 
 
 class Gaussian(Likelihood):

@@ -13,7 +13,9 @@ timed once and printed; every setting shares it). ``--reference`` chooses where 
 reference run starts (default: where the settings start), so that starts can be compared
 against one reference.
 
-``work`` is T (L + 1) (C + P): gradient evaluations per datapoint. The quickstart's settings
+``work`` is T (L + 1) (C + P): gradient evaluations per datapoint of a step that evaluates
+its start again (the README's tables use it; AIS now reuses the last transition's
+evaluation and does T L (C + P)). The quickstart's settings
 (pgm/quickstart.py) come from this table.
 """
 

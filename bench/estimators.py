@@ -9,13 +9,15 @@ datapoints and reported per datapoint; ratios compare seconds per datapoint.
 Roofline: each estimator's seconds over the seconds its decoder's matrix products need at the
 matmul rate measured just before and just after it (``/ matmul time``; IWAE: one forward pass
 per particle, AIS: a forward and an input-gradient pass per chain, pilot chains included, at
-every leapfrog step and once more per step). IWAE runs in a fresh process, whose peak resident
+every leapfrog step). IWAE runs in a fresh process, whose peak resident
 memory (``getrusage``, the whole process: interpreter, torch, data, model) is printed beside
 it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' OpenMP spin-waits
 collapse under load): IWAE K=5000 on 1,000 images 1.5-1.8x (2.0-2.4x with
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
 0.58 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
-T=200 on 20 images 1.5-1.9x, as before (the head is a small share of its 400-row steps).
+T=200 on 20 images 1.5-1.9x, as before (the head is a small share of its 400-row steps),
+counting then one more pass per step, which AIS no longer takes (its seconds and this count
+both fall by 1/11 at 10 leapfrog steps).
 What is left beside the products: one softplus per pixel and particle (a third of the
 decoder's product time), the bias broadcast and the ReLU; torch.compile of AIS's
 value-and-gradient took 136 s to compile and ran 1.3x slower.
@@ -319,10 +321,10 @@ def main():
                  ref.mean().item()))
 
     # Roofline: the seconds the decoder's matrix products need at the measured matmul rate.
-    # IWAE: one forward pass per draw; AIS: T * (leapfrog + 1) value-and-gradient passes per
-    # chain (16 + 4 pilot), each a forward and an input-gradient pass (2x the forward).
+    # IWAE: one forward pass per draw; AIS: T * leapfrog value-and-gradient passes per chain
+    # (16 + 4 pilot), each a forward and an input-gradient pass (2x the forward).
     ideal = {0: args.n_iwae * 5000 * decoder_flops() / rates[0],
-             2: args.n_ais * 20 * args.ais_steps * 11 * 2 * decoder_flops() / rates[2]}
+             2: args.n_ais * 20 * args.ais_steps * 10 * 2 * decoder_flops() / rates[2]}
     print(f"matmul rate {rates[0] / 1e9:.1f} GFLOP/s around IWAE, {rates[2] / 1e9:.1f} around "
           "AIS ((8192, 400) @ (400, 784), float32)")
     print(f"{'estimator':38s} {'n':>5s} {'seconds':>9s} {'s/datapoint':>12s} "

@@ -12,7 +12,7 @@ r"""From one of pgm's models to the plain callables the estimators take.
 Any Pyro model/guide pair is measurable through :class:`pgm.inference.program.Program`, which
 reads these functions off the pair's traces (``traces=True`` here routes a pgm model through
 it). Tracing costs about a millisecond per call, which dominates AIS on small models (T x
-(leapfrog + 1) calls per batch). The contract of :mod:`pgm.protocol` requires ``model``/
+leapfrog calls per batch). The contract of :mod:`pgm.protocol` requires ``model``/
 ``guide`` to be built from ``prior``/``encode``/``decode``, so by default this computes the
 same functions from those distributions directly (for an enumerated model such as the GMM,
 ``encode`` is the exact posterior over the discrete latent, which its guide leaves to

@@ -39,9 +39,12 @@ over batches of datapoints and over the schedule (forwards for AIS, reversed for
 adapt the step sizes between kernel calls.
 
 Chains are vectorised over ``(C, B, L)``: C chains for each of B datapoints. Log weights are
-accumulated in float64. Each step evaluates the callables once more than the leapfrog needs
-(value and gradient at the new temperature, and :math:`\ell` for the weight), so a run costs
-``T * (num_leapfrog + 1)`` gradient evaluations.
+accumulated in float64. Each evaluation keeps log p(x, z) and log p_0(z) apart with their
+gradients (:class:`AISState` ``parts``): the target at any temperature, its gradient and
+:math:`\ell` for the weight are sums of them, so a step costs its ``num_leapfrog``
+gradient evaluations and a run ``T * num_leapfrog`` (one evaluation per step fewer than
+re-evaluating the start at each new temperature: on the quickstart's VAE, T=100, 20 images,
+one thread, 1.54 s against 1.99 s at 3 leapfrog steps, values equal to 3e-6).
 
 **Step sizes, tuned by pilot chains.** The HMC step size of the transition that targets
 :math:`\pi_j` is one number per datapoint, :math:`\epsilon_j`, for every position j of the
@@ -107,15 +110,19 @@ Progress = Callable[[int, int], None]
 class AISState(NamedTuple):
     r"""C chains for each of B datapoints, partway along the schedule.
 
-    z: ``(C, B, L)``; log_w: ``(C, B)`` float64 log weights so far; step_size: ``(C, B)``.
-    No log density or gradient is cached: the target changes at every step, and the kernel's
-    one evaluation at the new temperature gives both the value and gradient its transition
-    starts from and the :math:`\ell(z)` of the weight update.
+    z: ``(C, B, L)``; log_w: ``(C, B)`` float64 log weights so far; step_size: ``(C, B)``;
+    parts: ``(log p(x, z), log p_0(z), their gradients)`` at z, as the last step's transition
+    left them (``()``: not known, computed by the next step). The target changes at every
+    step, but it is :math:`\log p_0 + \beta(\log p(x, z) - \log p_0)`, so the parts give
+    its value and gradient at any temperature, and :math:`\ell(z)` of the weight update,
+    without evaluating the model again: a step costs ``num_leapfrog`` evaluations, not one
+    more (a quarter of the work at 3 leapfrog steps).
     """
 
     z: Tensor
     log_w: Tensor
     step_size: Tensor
+    parts: tuple = ()
 
 
 class AISInfo(NamedTuple):
@@ -179,35 +186,52 @@ def ais_step(
     z = state.z
     C, B = z.shape[:2]
 
-    def log_pi(z: Tensor) -> Tensor:
-        base = log_p0(x, z)
-        return base + beta * (f.log_joint(x, z) - base)
+    def parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """log p(x, z), log p_0(z) ``(C, B)`` and their gradients ``(C, B, L)``, detached."""
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_(True)
+            base = log_p0(x, z_)  # (C, B)
+            joint = f.log_joint(x, z_)  # (C, B)
+            if base.shape != (C, B) or joint.shape != (C, B):
+                raise ValueError(
+                    f"log densities must have shape ({C}, {B}), got {tuple(base.shape)} "
+                    f"and {tuple(joint.shape)}"
+                )
+            g_joint = _grad(joint, z_, retain=base.requires_grad)
+            g_base = _grad(base, z_)
+        return joint.detach(), base.detach(), g_joint, g_base
 
-    # Value and gradient of log pi_t at the current z, and ell(z) for the weight update.
-    with torch.enable_grad():
-        z_ = z.detach().requires_grad_(True)
-        base = log_p0(x, z_)  # (C, B)
-        joint = f.log_joint(x, z_)  # (C, B)
-        if base.shape != (C, B) or joint.shape != (C, B):
-            raise ValueError(
-                f"log densities must have shape ({C}, {B}), got {tuple(base.shape)} "
-                f"and {tuple(joint.shape)}"
-            )
-        log_density = base + beta * (joint - base)
-        grad = None
-        if log_density.requires_grad:
-            (grad,) = torch.autograd.grad(log_density.sum(), z_, allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(z)
-    ell = joint.detach().to(torch.float64) - base.detach().to(torch.float64)
+    def at_beta(p: tuple) -> tuple[Tensor, Tensor]:
+        """log pi_t and its gradient from the parts."""
+        joint, base, g_joint, g_base = p
+        return base + beta * (joint - base), g_base + beta * (g_joint - g_base)
+
+    p = state.parts or parts(z)
+    joint, base = p[0], p[1]
+    ell = joint.to(torch.float64) - base.to(torch.float64)
     log_w = state.log_w
     if beta != beta_prev:  # (a repeated beta adds nothing, also where ell = -inf)
         log_w = log_w + (beta - beta_prev) * ell
     if not transition:
-        return AISState(z, log_w, state.step_size), AISInfo(None, None)
-    hmc = HMCState(z.detach(), log_density.detach(), grad.detach(), state.step_size)
-    hmc, info = hmc_step(hmc, log_pi, num_leapfrog=num_leapfrog, generator=generator)
-    return AISState(hmc.z, log_w, state.step_size), AISInfo(info.accept_prob, info.divergent)
+        return AISState(z, log_w, state.step_size, p), AISInfo(None, None)
+
+    def value_and_grad(z: Tensor):
+        q = parts(z)
+        return (*at_beta(q), q)
+
+    hmc = HMCState(z.detach(), *at_beta(p), state.step_size, p)
+    hmc, info = hmc_step(hmc, None, num_leapfrog=num_leapfrog, generator=generator,
+                         value_and_grad_fn=value_and_grad)
+    return (AISState(hmc.z, log_w, state.step_size, hmc.aux),
+            AISInfo(info.accept_prob, info.divergent))
+
+
+def _grad(y: Tensor, z: Tensor, retain: bool = False) -> Tensor:
+    """d sum(y) / dz, zeros where y does not depend on z."""
+    if not y.requires_grad:
+        return torch.zeros_like(z).detach()
+    (g,) = torch.autograd.grad(y.sum(), z, allow_unused=True, retain_graph=retain)
+    return torch.zeros_like(z).detach() if g is None else g.detach()
 
 
 ADAPT = ("pilot", "none", "in-run")

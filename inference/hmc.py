@@ -43,13 +43,16 @@ LogDensityFn = Callable[[Tensor], Tensor]
 class HMCState(NamedTuple):
     """Position and cached log density/gradient of a batch of chains.
 
-    z: ``(..., L)``; log_density: ``(...)``; grad: ``(..., L)``; step_size: ``(...)``.
+    z: ``(..., L)``; log_density: ``(...)``; grad: ``(..., L)``; step_size: ``(...)``;
+    aux: what a ``value_and_grad_fn`` returned beside them at z (``(...)`` or ``(..., L)``
+    tensors), kept for the accepted position like the rest.
     """
 
     z: Tensor
     log_density: Tensor
     grad: Tensor
     step_size: Tensor
+    aux: tuple = ()
 
 
 class HMCInfo(NamedTuple):
@@ -95,19 +98,25 @@ def hmc_init(z: Tensor, log_density_fn: LogDensityFn, step_size: float | Tensor)
 
 def hmc_step(
     state: HMCState,
-    log_density_fn: LogDensityFn,
+    log_density_fn: LogDensityFn | None,
     *,
     num_leapfrog: int = 10,
     generator: torch.Generator | None = None,
     divergence_threshold: float = 1000.0,
+    value_and_grad_fn: Callable[[Tensor], tuple[Tensor, Tensor, tuple]] | None = None,
 ) -> tuple[HMCState, HMCInfo]:
     """One HMC transition for every chain; the step size is carried over unchanged.
 
     ``state.log_density`` and ``state.grad`` must belong to ``log_density_fn`` (rebuild the
-    state with :func:`hmc_init` when the target changes).
+    state with :func:`hmc_init` when the target changes). ``value_and_grad_fn(z)``, if given,
+    computes ``(log density, gradient, aux)`` itself in place of ``log_density_fn`` (a density
+    made of parts, as AIS's, whose parts at the new position ``aux`` keeps).
     """
     if isinstance(num_leapfrog, bool) or not isinstance(num_leapfrog, int) or num_leapfrog < 1:
         raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
+    if value_and_grad_fn is None:
+        def value_and_grad_fn(z):
+            return (*value_and_grad(log_density_fn, z), ())
     z0 = state.z
     eps = state.step_size.unsqueeze(-1)  # (..., 1)
     p = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
@@ -118,7 +127,7 @@ def hmc_step(
     p = p + 0.5 * eps * grad
     for i in range(num_leapfrog):
         z = z + eps * p
-        log_density, grad = value_and_grad(log_density_fn, z)
+        log_density, grad, aux = value_and_grad_fn(z)
         if i < num_leapfrog - 1:
             p = p + eps * grad
     p = p + 0.5 * eps * grad
@@ -132,11 +141,16 @@ def hmc_step(
     accepted = u < accept_prob
 
     keep = accepted.unsqueeze(-1)
+    if len(aux) != len(state.aux):
+        raise ValueError(f"value_and_grad_fn returned {len(aux)} aux values, the state holds "
+                         f"{len(state.aux)}")
     new_state = HMCState(
         z=torch.where(keep, z, z0),
         log_density=torch.where(accepted, log_density, state.log_density),
         grad=torch.where(keep, grad, state.grad),
         step_size=state.step_size,
+        aux=tuple(torch.where(keep if a.dim() == z.dim() else accepted, a, a0)
+                  for a, a0 in zip(aux, state.aux)),
     )
     return new_state, HMCInfo(accept_prob, accepted, divergent)
 

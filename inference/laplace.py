@@ -36,7 +36,7 @@ once with a learning rate decaying geometrically from ``lr`` to ``lr / 100``, th
 step with :math:`P_m` (kept where it raises :math:`\log p(x, z)`). The Hessians come from one
 double-backward pass over L copies of the batch (row j from copy j). Cost per datapoint:
 ``2 starts + modes x steps`` evaluations of log p(x, z) and its gradient, and ``modes x L``
-Hessian rows, against ``T x (leapfrog + 1) x chains`` for AIS.
+Hessian rows, against ``T x leapfrog x chains`` for AIS.
 """
 
 from __future__ import annotations

@@ -419,7 +419,7 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     if unknown:
         raise ValueError(f"unknown GAN option(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(model_keys | fit_keys))}")
-    defaults = gan_settings_for(data)
+    defaults, saved = gan_settings_for(data), None
     if resume and out is not None and (Path(out) / io.CONFIG).is_file():
         # the run's own settings, not today's defaults (which may have changed since it
         # started); a setting passed here is still compared with the run's below
@@ -442,7 +442,7 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     fit_kw["epochs"] = epochs if epochs is not None else default_epochs
     cfg = GANFitConfig(seed=seed, device=device, **fit_kw)
     if resume and out is not None:
-        saved = io.read_config(out)
+        saved = saved or io.read_config(out)  # (no config.json: its error, naming the file)
         saved_model = from_dict(GANConfig, saved["model_config"])
         if saved.get("model") != GAN.name or saved_model != model_cfg:
             raise CheckpointError(f"{out} holds a different model; resume with the same options")

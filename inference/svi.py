@@ -110,9 +110,8 @@ def evaluate_elbo(model, x: torch.Tensor, y: torch.Tensor | None = None,
         xb = x[i:i + batch_size]
         yb = None if y is None else y[i:i + batch_size]
         if elbo is None:
-            with torch.no_grad():
-                log_w = reparam_log_weights(model, xb, yb, num_particles)
-                total += (torch.logsumexp(log_w, 0) - math.log(num_particles)).sum()
+            log_w = reparam_log_weights(model, xb, yb, num_particles)
+            total += (torch.logsumexp(log_w, 0) - math.log(num_particles)).sum()
         else:
             with torch.enable_grad():  # TraceEnum_ELBO refuses to build a loss without grad
                 total -= elbo(xb, yb, 1.0).detach() * len(xb)
@@ -290,7 +289,7 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
         valid_elbo = valid_bound(1)
         valid = {"valid_elbo": valid_elbo}
         if select_k > 1:
-            valid[f"valid_iwae_{select_k}"] = valid_bound(select_k)
+            valid[select] = valid_bound(select_k)
         valid_seconds = time.perf_counter() - t1
         score = valid[select] if has_valid else train_elbo
         if score > best_elbo:

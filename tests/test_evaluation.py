@@ -44,7 +44,7 @@ def _check_le(lo, hi, slack=0.0):
 def test_bounds_sit_in_order_around_the_exact_value(linear_gaussian, tmp_path):
     model, data = linear_gaussian
     cfg = EvalConfig(ks=(1, 10, 100, 1000, 5000), n=100, ais_steps=300, ais_n=30,
-                     ais_chains=8, bdmc=True, device="cpu")
+                     ais_chains=8, bdmc=True, posterior_check=1, device="cpu")
     ev = evaluate(model, data, cfg)
     est = ev.estimators
     assert {"elbo", "iwae_1", "iwae_10", "iwae_5000", "exact", "ais", "bdmc_upper"} <= set(est)
@@ -74,14 +74,17 @@ def test_bounds_sit_in_order_around_the_exact_value(linear_gaussian, tmp_path):
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in html and "iwae_5000" in html
     assert (tmp_path / "eval" / "figures" / "bounds_vs_k.png").is_file()
+    # the one NUTS reference posterior drawn against q(z|x) (the only evaluate call here with it)
+    assert est["nuts_reference"].n == 1 and est["nuts_reference"].extra["rhat_max"] < 1.05
+    assert (tmp_path / "eval" / "figures" / "posterior_check.png").is_file()
 
 
 def test_per_datapoint_values_do_not_depend_on_batching(linear_gaussian):
     model, data = linear_gaussian
     a = evaluate(model, data, EvalConfig(ks=(1, 100), n=40, batch_size=10, ais_steps=20,
-                                         ais_n=20, exact=False, device="cpu"))
+                                         ais_n=20, exact=False, posterior_check=0, device="cpu"))
     b = evaluate(model, data, EvalConfig(ks=(1, 100), n=20, batch_size=10, ais_steps=20,
-                                         ais_n=20, exact=False, device="cpu"))
+                                         ais_n=20, exact=False, posterior_check=0, device="cpu"))
     for name in ("iwae_100", "ais"):
         torch.testing.assert_close(a.estimators[name].per_datapoint[:20],
                                    b.estimators[name].per_datapoint)
@@ -90,7 +93,7 @@ def test_per_datapoint_values_do_not_depend_on_batching(linear_gaussian):
 def test_prior_proposal_is_worse(linear_gaussian):
     model, data = linear_gaussian
     ev = evaluate(model, data, EvalConfig(ks=(1, 100), n=50, ais_steps=0, exact=False,
-                                          prior_proposal=True, device="cpu"))
+                                          prior_proposal=True, posterior_check=0, device="cpu"))
     _check_le(ev.estimators["iwae_prior_100"], ev.estimators["iwae_100"])
 
 
@@ -100,7 +103,7 @@ def test_quadrature_agrees_with_ais_on_a_2d_vae():
     model = pgm.VAE(data_dim=64, latent_dim=2, hidden=(64,))
     pgm.fit(model, data, epochs=8, progress=False)
     ev = evaluate(model, data, EvalConfig(ks=(1, 1000), n=12, ais_steps=400, ais_n=12,
-                                          ais_initial="q", device="cpu"))
+                                          ais_initial="q", posterior_check=0, device="cpu"))
     est = ev.estimators
     assert est["quadrature"].extra["method"] == "quadrature"
     assert est["quadrature"].bound == "numerical" and "exact" not in est

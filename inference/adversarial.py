@@ -349,8 +349,8 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
 # ----------------------------------------------------------------------------- entry point
 
 
-def gan_settings_for(data) -> dict:
-    """Default settings (model and training) for ``data``.
+def gan_settings_for(data, arch: str = "mlp") -> dict:
+    """Default settings (model and training) for ``data`` and the architecture ``arch``.
 
     1-D data, the paper's toy: 1-D uniform z, G with two hidden layers of 32, D with two of 64,
     D on standardised data, and two time-scales (Heusel et al. 2017): lr 5e-4 for G, 2e-3 for D,
@@ -390,9 +390,13 @@ def gan_settings_for(data) -> dict:
                 "activation": "relu", "d_dropout": 0.0, **standardise,
                 "lr": 5e-4, "lr_d": 2e-3, "lr_schedule": "linear", "epochs": 40}
     if data.image_shape is not None and x.min() >= 0 and x.max() <= 1:
+        if arch == "dcgan":
+            return {"image_shape": data.image_shape, "output": "sigmoid", "arch": "dcgan",
+                    "channels": 64, "ema": 0.999, "spectral_norm": False,
+                    "label_smoothing": 0.1, "lr": 2e-4, "lr_schedule": "linear", "epochs": 150}
         return {"image_shape": data.image_shape, "output": "sigmoid", "ema": 0.999,
                 "spectral_norm": True, "label_smoothing": 0.1, "lr": 2e-4, "lr_d": 6e-4,
-                "lr_schedule": "linear", "epochs": 100}
+                "lr_schedule": "linear", "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}
 
@@ -419,7 +423,7 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     if unknown:
         raise ValueError(f"unknown GAN option(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(model_keys | fit_keys))}")
-    defaults, saved = gan_settings_for(data), None
+    defaults, saved = gan_settings_for(data, settings.get("arch", "mlp")), None
     if resume and out is not None and (Path(out) / io.CONFIG).is_file():
         # the run's own settings, not today's defaults (which may have changed since it
         # started); a setting passed here is still compared with the run's below

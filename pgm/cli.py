@@ -57,7 +57,8 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
                    help="hidden layer sizes of the MLPs, comma-separated (default 400)")
     t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
     t.add_argument("--arch", default="mlp", choices=("mlp", "conv"),
-                   help="encoder/decoder architecture (conv: images with sides divisible by 4)")
+                   help="encoder/decoder architecture (conv: images with sides divisible by 4; "
+                        "gan: the DCGAN)")
     t.add_argument("--likelihood", default=None,
                    choices=("bernoulli", "gaussian", "gaussian-learned"),
                    help="p(x|z) (default: bernoulli for images, gaussian-learned otherwise)")
@@ -331,6 +332,8 @@ def _train_gan(args, out: Path, progress, logger, resumed) -> int:
         seed, lr, epochs = args.seed, args.lr, args.epochs  # epochs None: per data
         data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
     settings = {} if lr is None else {"lr": lr}
+    if resumed is None and args.arch == "conv":  # the DCGAN, with its own defaults
+        settings["arch"] = "dcgan"
     from pgm.models.gan_figures import save_epoch_samples
 
     gan, history = train_gan(data, out, epochs=epochs, seed=seed, device=args.device,

@@ -303,8 +303,8 @@ def test_a_run_resumes_with_its_own_settings_after_the_defaults_change(gauss1d, 
 
     today = adv.gan_settings_for
 
-    def older(data):  # the defaults a run was started with, before a release changed them
-        return {**today(data), "lr_d": 1e-3, "d_dropout": 0.2, "epochs": 2}
+    def older(data, arch="mlp"):  # a run's defaults, before a release changed them
+        return {**today(data, arch), "lr_d": 1e-3, "d_dropout": 0.2, "epochs": 2}
 
     monkeypatch.setattr(adv, "gan_settings_for", older)
     kw = dict(seed=2, progress=False, batch_size=500, lr_schedule="constant")
@@ -347,3 +347,21 @@ def test_image_gan_trains_and_draws(tmp_path):
                                          "nearest_neighbours.png", "nn_histogram.png",
                                          "class_histogram.png"}
     assert (tmp_path / "img/cache/frechet_classifier.safetensors").is_file()  # for evaluate
+
+
+def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
+    """`pgm train gan --arch conv` trains the DCGAN with gan_settings_for's DCGAN defaults; a
+    resume keeps the run's architecture, and another architecture is refused."""
+    from pgm.cli import main
+
+    run = tmp_path / "dc"
+    assert main(["train", "gan", "--data", "digits", "--arch", "conv", "--epochs", "1",
+                 "--out", str(run), "--no-progress"]) == 0
+    cfg = io.read_config(run)
+    assert cfg["model_config"]["arch"] == "dcgan" and cfg["model_config"]["channels"] == 64
+    assert not cfg["model_config"]["spectral_norm"] and cfg["fit"]["lr_d"] is None
+    gan = pgm.load_run(run).model
+    assert gan.config.arch == "dcgan" and gan.sample(3).shape == (3, 64)
+    assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
+                 "--no-progress"]) == 0
+    assert io.read_config(run)["model_config"]["arch"] == "dcgan"

@@ -401,13 +401,12 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
                 "activation": "relu", "d_dropout": 0.0, **standardise,
                 "lr": 5e-4, "lr_d": 2e-3, "lr_schedule": "linear", "epochs": 40}
     if data.image_shape is not None and x.min() >= 0 and x.max() <= 1:
+        images = {"image_shape": data.image_shape, "output": "sigmoid", "ema": 0.999,
+                  "label_smoothing": 0.1, "lr": 2e-4, "lr_schedule": "linear"}
         if arch == "dcgan":
-            return {"image_shape": data.image_shape, "output": "sigmoid", "arch": "dcgan",
-                    "channels": 64, "ema": 0.999, "spectral_norm": False,
-                    "label_smoothing": 0.1, "lr": 2e-4, "lr_schedule": "linear", "epochs": 150}
-        return {"image_shape": data.image_shape, "output": "sigmoid", "ema": 0.999,
-                "spectral_norm": True, "label_smoothing": 0.1, "lr": 2e-4, "lr_d": 6e-4,
-                "lr_schedule": "linear", "epochs": 300}
+            return {**images, "arch": "dcgan", "channels": 64, "spectral_norm": False,
+                    "epochs": 150}
+        return {**images, "spectral_norm": True, "lr_d": 6e-4, "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}
 

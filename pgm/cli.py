@@ -332,7 +332,7 @@ def _train_gan(args, out: Path, progress, logger, resumed) -> int:
         seed, lr, epochs = args.seed, args.lr, args.epochs  # epochs None: per data
         data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
     settings = {} if lr is None else {"lr": lr}
-    if resumed is None and args.arch == "conv":  # the DCGAN, with its own defaults
+    if args.arch == "conv":  # the DCGAN, with its own defaults (a resumed MLP run refuses it)
         settings["arch"] = "dcgan"
     from pgm.models.gan_figures import save_epoch_samples
 

@@ -365,3 +365,10 @@ def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
                  "--no-progress"]) == 0
     assert io.read_config(run)["model_config"]["arch"] == "dcgan"
+    mlp = tmp_path / "mlp"
+    assert main(["train", "gan", "--data", "digits", "--epochs", "1", "--out", str(mlp),
+                 "--no-progress"]) == 0
+    before = io.read_config(mlp)
+    assert main(["train", "gan", "--out", str(mlp), "--resume", "--arch", "conv", "--epochs",
+                 "2", "--no-progress"]) == 2
+    assert io.read_config(mlp) == before

@@ -56,9 +56,9 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_ints, default=(400,),
                    help="hidden layer sizes of the MLPs, comma-separated (default 400)")
     t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
-    t.add_argument("--arch", default="mlp", choices=("mlp", "conv"),
-                   help="encoder/decoder architecture (conv: images with sides divisible by 4; "
-                        "gan: the DCGAN)")
+    t.add_argument("--arch", default=None, choices=("mlp", "conv"),
+                   help="encoder/decoder architecture (default mlp; conv: images with sides "
+                        "divisible by 4; gan: the DCGAN)")
     t.add_argument("--likelihood", default=None,
                    choices=("bernoulli", "gaussian", "gaussian-learned"),
                    help="p(x|z) (default: bernoulli for images, gaussian-learned otherwise)")
@@ -332,8 +332,8 @@ def _train_gan(args, out: Path, progress, logger, resumed) -> int:
         seed, lr, epochs = args.seed, args.lr, args.epochs  # epochs None: per data
         data = load_dataset(args.data, binarize=args.binarize or "none", seed=seed)
     settings = {} if lr is None else {"lr": lr}
-    if args.arch == "conv":  # the DCGAN, with its own defaults (a resumed MLP run refuses it)
-        settings["arch"] = "dcgan"
+    if args.arch is not None:  # conv: the DCGAN, with its own defaults; a resumed run
+        settings["arch"] = {"conv": "dcgan", "mlp": "mlp"}[args.arch]  # refuses another arch
     from pgm.models.gan_figures import save_epoch_samples
 
     gan, history = train_gan(data, out, epochs=epochs, seed=seed, device=args.device,
@@ -376,7 +376,7 @@ def _build_model(args, data):
         extra = {"n_classes": data.n_classes, "prior": args.prior}
     return cls(cls.Config(
         data_dim=data.data_dim, latent_dim=args.latent_dim, hidden=args.hidden,
-        activation=args.activation, arch=args.arch, image_shape=data.image_shape,
+        activation=args.activation, arch=args.arch or "mlp", image_shape=data.image_shape,
         likelihood=args.likelihood or ("bernoulli" if images else "gaussian-learned"),
         **scale, **extra))
 

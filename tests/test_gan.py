@@ -365,6 +365,10 @@ def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
                  "--no-progress"]) == 0
     assert io.read_config(run)["model_config"]["arch"] == "dcgan"
+    before = io.read_config(run)
+    assert main(["train", "gan", "--out", str(run), "--resume", "--arch", "mlp", "--epochs",
+                 "3", "--no-progress"]) == 2  # --arch mlp said, not taken by default
+    assert io.read_config(run) == before
     mlp = tmp_path / "mlp"
     assert main(["train", "gan", "--data", "digits", "--epochs", "1", "--out", str(mlp),
                  "--no-progress"]) == 0

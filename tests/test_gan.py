@@ -160,6 +160,22 @@ def test_spectral_norm_bounds_every_layer_of_the_discriminator(arch):
         GANConfig(data_dim=4, spectral_norm="yes")
 
 
+def test_dcgan_discriminator_drops_out_in_training_only_and_keeps_its_weight_names():
+    """d_dropout reaches the DCGAN's D (after each leaky ReLU), is off in eval mode and at 0,
+    and adds no weights: a DCGAN saved before dropout existed there loads as it was."""
+    torch.manual_seed(0)
+    kw = dict(data_dim=64, latent_dim=4, arch="dcgan", image_shape=(8, 8), channels=4)
+    gan, plain = GAN(**kw, d_dropout=0.5), GAN(**kw, d_dropout=0.0)
+    x = torch.rand(16, 64)
+    assert not torch.equal(gan.train().discriminate(x), gan.discriminate(x))
+    assert torch.equal(plain.train().discriminate(x), plain.discriminate(x))
+    assert torch.equal(gan.eval().discriminate(x), gan.discriminate(x))
+    names = [k for k in gan.state_dict() if k.startswith("discriminator.")]
+    assert names == [f"discriminator.net.1.{i}.{w}" for i in (1, 3, 6) for w in ("weight", "bias")]
+    plain.load_state_dict(gan.state_dict())
+    torch.testing.assert_close(plain.eval().discriminate(x), gan.discriminate(x))
+
+
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():
     torch.manual_seed(0)
     gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")
@@ -360,6 +376,7 @@ def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     cfg = io.read_config(run)
     assert cfg["model_config"]["arch"] == "dcgan" and cfg["model_config"]["channels"] == 64
     assert not cfg["model_config"]["spectral_norm"] and cfg["fit"]["lr_d"] is None
+    assert cfg["model_config"]["d_dropout"] == 0.3 and cfg["fit"]["epochs"] == 1
     gan = pgm.load_run(run).model
     assert gan.config.arch == "dcgan" and gan.sample(3).shape == (3, 64)
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",

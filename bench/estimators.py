@@ -15,12 +15,13 @@ it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' Open
 collapse under load): IWAE K=5000 on 1,000 images 1.5-1.8x (2.0-2.4x with
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
 0.58 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
-T=200 on 20 images 1.5-1.9x, as before (the head is a small share of its 400-row steps),
-counting then one more pass per step, which AIS no longer takes (its seconds and this count
-both fall by 1/11 at 10 leapfrog steps).
-What is left beside the products: one softplus per pixel and particle (a third of the
-decoder's product time), the bias broadcast and the ReLU; torch.compile of AIS's
-value-and-gradient took 136 s to compile and ran 1.3x slower.
+T=200 on 20 images 1.42x, and 1.62x for the same run with autograd of log p(x, z) at every
+leapfrog step (the row "autograd every step": the inner steps' gradient from the
+likelihood's closed-form score skips the softplus pass; 1.5-1.9x in earlier sessions).
+What is left beside the products: for IWAE one softplus per pixel and particle (a third of
+the decoder's product time), the bias broadcast and the ReLU; for AIS the score's sigmoid,
+the ReLU and its backward pass. torch.compile of AIS's value-and-gradient took 136 s to
+compile and ran 1.3x slower.
 
 The same network measured through :class:`pgm.inference.program.Program` (the callables read
 off the model/guide traces, as for a user's own Pyro program) and through the plain
@@ -319,14 +320,24 @@ def main():
         t = time.perf_counter() - t0
     rows.append((f"AIS T={args.ais_steps}, per-datapoint loop", loop_n, t, mem.mb,
                  ref.mean().item()))
+    # the same AIS with autograd of log p(x, z) at every leapfrog step, as before the
+    # likelihood's closed-form score served the inner steps (same seed: the same draws)
+    torch.manual_seed(2)
+    with PeakRSS(device) as mem:
+        res, rates[4] = with_rate(device, lambda: ais(
+            f._replace(grad_log_joint=None), x[:args.n_ais],
+            schedule=sigmoid_schedule(args.ais_steps), num_chains=16, num_leapfrog=10))
+    rows.append((f"AIS T={args.ais_steps}, autograd every step", args.n_ais, res.seconds,
+                 mem.mb, res.mean))
 
     # Roofline: the seconds the decoder's matrix products need at the measured matmul rate.
     # IWAE: one forward pass per draw; AIS: T * leapfrog value-and-gradient passes per chain
     # (16 + 4 pilot), each a forward and an input-gradient pass (2x the forward).
     ideal = {0: args.n_iwae * 5000 * decoder_flops() / rates[0],
-             2: args.n_ais * 20 * args.ais_steps * 10 * 2 * decoder_flops() / rates[2]}
-    print(f"matmul rate {rates[0] / 1e9:.1f} GFLOP/s around IWAE, {rates[2] / 1e9:.1f} around "
-          "AIS ((8192, 400) @ (400, 784), float32)")
+             **{i: args.n_ais * 20 * args.ais_steps * 10 * 2 * decoder_flops() / rates[i]
+                for i in (2, 4)}}
+    print(f"matmul rate {rates[0] / 1e9:.1f} GFLOP/s around IWAE, {rates[2] / 1e9:.1f} and "
+          f"{rates[4] / 1e9:.1f} around the AIS runs ((8192, 400) @ (400, 784), float32)")
     print(f"{'estimator':38s} {'n':>5s} {'seconds':>9s} {'s/datapoint':>12s} "
           f"{'peak MB':>8s} {'mean (nats)':>12s} {'/ matmul time':>13s}")
     for i, (name, n, t, mb, mean) in enumerate(rows):

@@ -8,6 +8,9 @@ r"""From one of pgm's models to the plain callables the estimators take.
 - ``sample_q(x, K)``     = z ~ q(z|x), K particles
 - ``log_q(z, x)``        = log q(z|x)
 - ``sample_prior(B, K)`` = z ~ p(z)
+- ``grad_log_joint(x, z)`` = the gradient of log p(x, z) in z (from the likelihood's score in
+  closed form where its distribution has one, so HMC's inner leapfrog steps skip the log
+  density's pass over every pixel)
 
 Any Pyro model/guide pair is measurable through :class:`pgm.inference.program.Program`, which
 reads these functions off the pair's traces (``traces=True`` here routes a pgm model through
@@ -58,6 +61,20 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         check(x)
         return log_prior(z) + model.decode(z, y).log_prob(x)
 
+    def grad_log_joint(x, z):
+        # d/dz log p(x, z) in one backward pass from the likelihood's parameter, with its
+        # score in closed form where the distribution gives one (``score``: Bernoulli logits,
+        # a fixed-scale Gaussian's mean); otherwise autograd of log p(x | z)
+        check(x)
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            p_x = model.decode(z, y)
+            score = getattr(p_x, "score", None)
+            param, d = score(x) if score is not None else (p_x.log_prob(x).sum(), None)
+            outputs, seeds = [log_prior(z).sum(), param], [None, d]
+            grad = torch.autograd.grad(outputs, z, seeds, allow_unused=True)[0]
+        return torch.zeros_like(z) if grad is None else grad.detach()
+
     cache: dict = {}
 
     def encode(x):
@@ -82,7 +99,8 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         with torch.no_grad():
             return model.prior(B, y).sample((K,))
 
-    return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior)
+    return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior,
+                           grad_log_joint)
 
 
 def _same_key(a: tuple, b: tuple) -> bool:

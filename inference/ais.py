@@ -44,7 +44,12 @@ gradients (:class:`AISState` ``parts``): the target at any temperature, its grad
 :math:`\ell` for the weight are sums of them, so a step costs its ``num_leapfrog``
 gradient evaluations and a run ``T * num_leapfrog`` (one evaluation per step fewer than
 re-evaluating the start at each new temperature: on the quickstart's VAE, T=100, 20 images,
-one thread, 1.54 s against 1.99 s at 3 leapfrog steps, values equal to 3e-6).
+one thread, 1.54 s against 1.99 s at 3 leapfrog steps, values equal to 3e-6). Of those
+evaluations only the last of each trajectory needs a value (for the Metropolis test and the
+weight); the others take the gradient alone, through ``f.grad_log_joint`` where the callables
+have it (:func:`pgm.inference.adapter.latent_callables`: the likelihood's score in closed
+form, skipping the log density's pass over every pixel), with the same draws and weights
+(``bench/estimators.py`` prints both routes side by side).
 
 **Step sizes, tuned by pilot chains.** The HMC step size of the transition that targets
 :math:`\pi_j` is one number per datapoint, :math:`\epsilon_j`, for every position j of the
@@ -219,9 +224,21 @@ def ais_step(
         q = parts(z)
         return (*at_beta(q), q)
 
+    grad_fn = None
+    if f.grad_log_joint is not None:  # the inner leapfrog steps need the gradient alone
+        def grad_fn(z: Tensor) -> Tensor:
+            with torch.enable_grad():
+                z_ = z.detach().requires_grad_(True)
+                g_base = _grad(log_p0(x, z_), z_)
+            g_joint = f.grad_log_joint(x, z).detach()
+            if g_joint.shape != z.shape:
+                raise ValueError(f"grad_log_joint must return the shape of z, {tuple(z.shape)}, "
+                                 f"got {tuple(g_joint.shape)}")
+            return g_base + beta * (g_joint - g_base)
+
     hmc = HMCState(z.detach(), *at_beta(p), state.step_size, p)
     hmc, info = hmc_step(hmc, None, num_leapfrog=num_leapfrog, generator=generator,
-                         value_and_grad_fn=value_and_grad)
+                         value_and_grad_fn=value_and_grad, grad_fn=grad_fn)
     return (AISState(hmc.z, log_w, state.step_size, hmc.aux),
             AISInfo(info.accept_prob, info.divergent))
 

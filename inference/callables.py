@@ -16,6 +16,10 @@ latent dimensions; ``x`` is ``(B, D)`` or any ``(B, ...)``)::
     log_q(z, x)         -> (K, B)     log q(z | x)
     sample_prior(B, K)  -> (K, B, L)  z ~ p(z); optional, needed for prior proposals and AIS
                                       started from the prior
+    grad_log_joint(x, z) -> (K, B, L) the gradient of log p(x, z) in z, without its value;
+                                      optional, a cheaper route than autograd of log_joint
+                                      that HMC takes at the leapfrog steps whose value is
+                                      not needed (all but the last of a trajectory)
 
 Every estimator returns an :class:`Estimate`: per-datapoint values in nats and their mean with
 a standard error across datapoints, and what the number is (:data:`BOUNDS`): a lower bound of
@@ -47,6 +51,7 @@ class LatentCallables(NamedTuple):
     sample_q: Callable[[Tensor, int], Tensor]
     log_q: Callable[[Tensor, Tensor], Tensor]
     sample_prior: Callable[[int, int], Tensor] | None = None
+    grad_log_joint: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 #: What an estimate is, relative to log p(x) of the datapoints it was computed on.

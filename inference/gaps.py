@@ -245,7 +245,7 @@ def local_callables(f: LatentCallables, loc: Tensor, log_scale: Tensor) -> Laten
         u = (z - loc) / scale
         return -0.5 * (u * u).sum(-1) - log_scale.sum(-1) - 0.5 * L * _LOG_2PI
 
-    return LatentCallables(f.log_joint, f.log_prior, sample_q, log_q, f.sample_prior)
+    return f._replace(sample_q=sample_q, log_q=log_q)
 
 
 def amortization_gaps(

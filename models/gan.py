@@ -202,8 +202,8 @@ def _dcgan_generator(c: GANConfig) -> nn.Module:
 def _dcgan_discriminator(c: GANConfig) -> nn.Module:
     h, w = c.image_shape
     ch = c.channels
-    def act():  # leaky ReLU, then dropout: one module, so the layers' indices (the weights'
-        return nn.Sequential(nn.LeakyReLU(0.2), nn.Dropout(c.d_dropout))  # names) stay put
+    def act():  # activation, then dropout: one module, so the layers' indices (the weights'
+        return nn.Sequential(_activation(c.d_activation), nn.Dropout(c.d_dropout))  # names) stay
 
     return nn.Sequential(
         nn.Unflatten(1, (1, h, w)),

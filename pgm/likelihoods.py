@@ -17,6 +17,11 @@ lie in its support before training or evaluation starts:
   ``(..., D)`` shape and checks its arguments: half of an AIS step on the explicit view).
 - ``gaussian-learned``: :math:`\mathcal N(x; \mu(z), \mathrm{diag}\,\sigma(z)^2)`,
   :math:`\sigma = s_{min} + \mathrm{softplus}(h)` per pixel.
+
+The first two also give their *score* in closed form (``score(x)``: the parameter tensor and
+the log density's gradient in it), which HMC's inner leapfrog steps take in place of autograd
+of the log density: they need the gradient alone, and skip the density's own pass over every
+pixel (:func:`pgm.inference.adapter.latent_callables`'s ``grad_log_joint``).
 """
 
 from __future__ import annotations
@@ -106,6 +111,13 @@ class BernoulliLogits(dist.Independent):
     def log_prob(self, value):
         return _BernoulliLogProb.apply(self.base_dist.logits, value)
 
+    def score(self, value):
+        r"""``(h, d)``: the logits h and :math:`\partial \log p(\mathrm{value}) / \partial h =
+        x - \sigma(h)` (shaped like h), without the log density's softplus pass: the gradient in
+        z is then one backward pass from h (``torch.autograd.grad(h, z, d)``)."""
+        h = self.base_dist.logits
+        return h, (value - torch.sigmoid(h.detach())).sum_to_size(h.shape)
+
 
 class Gaussian(Likelihood):
     name = "gaussian"
@@ -161,6 +173,13 @@ class IsotropicNormal(dist.TorchDistribution):
         D = self.event_shape[0]
         sq = (value - self.loc).pow(2).sum(-1)
         return sq * (-0.5 / self.scale**2) - D * (math.log(self.scale) + _HALF_LOG_2PI)
+
+    def score(self, value):
+        r"""``(mu, d)``: the mean and :math:`\partial \log p(\mathrm{value}) / \partial \mu =
+        (x - \mu) / s^2` (shaped like mu), without the log density (as
+        :meth:`BernoulliLogits.score`)."""
+        d = (value - self.loc.detach()) / self.scale**2
+        return self.loc, d.sum_to_size(self.loc.shape)
 
     def entropy(self):
         D = self.event_shape[0]

@@ -91,4 +91,8 @@ def linear_gaussian_callables(
     def sample_prior(B: int, K: int) -> Tensor:  # -> (K, B, L)
         return torch.randn(K, B, L, dtype=dtype, device=device)
 
-    return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior)
+    def grad_log_joint(x: Tensor, z: Tensor) -> Tensor:  # -> (K, B, L), in closed form
+        resid = (x.to(dtype) - b - z @ W.T) / sigma**2  # (K, B, D)
+        return resid @ W - z
+
+    return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior, grad_log_joint)

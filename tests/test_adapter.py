@@ -41,6 +41,28 @@ def test_gradients_flow_through_log_joint():
     assert g.shape == z.shape and torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian-learned"])
+def test_grad_log_joint_is_the_gradient_of_log_joint(likelihood):
+    """The gradient route HMC's inner leapfrog steps take (from the likelihood's closed-form
+    score where it has one, autograd otherwise) equals autograd of log_joint, also with a
+    label bound (the conditional VAE); traced callables leave it to autograd."""
+    from pgm import CVAE
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 20).bernoulli()
+    for model, y in ((VAE(data_dim=20, latent_dim=3, hidden=(8,), likelihood=likelihood), None),
+                     (CVAE(data_dim=20, n_classes=3, latent_dim=3, hidden=(8,), prior="learned",
+                           likelihood=likelihood), torch.tensor([0, 2, 1, 1]))):
+        f = latent_callables(model, y)
+        z = f.sample_prior(4, 6)
+        zg = z.clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(f.log_joint(x, zg).sum(), zg)
+        g = f.grad_log_joint(x, z)
+        assert g.shape == z.shape and not g.requires_grad and not z.requires_grad
+        torch.testing.assert_close(g, ref)
+    assert latent_callables(model, y, traces=True).grad_log_joint is None
+
+
 @pytest.mark.parametrize("traces", [True, False])
 def test_delta_guide_log_q(traces):
     model = Autoencoder(data_dim=20, latent_dim=2, hidden=(8,))

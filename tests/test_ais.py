@@ -93,6 +93,29 @@ def test_hmc_leaves_standard_normal_invariant():
     assert ((flat.var(0) - 1).abs() < 4 * math.sqrt(2 / N)).all()
 
 
+def test_hmc_with_a_gradient_alone_at_the_inner_steps_is_the_same_transition():
+    # grad_fn serves the leapfrog steps whose value is unused; the last step still takes the
+    # value and gradient, so the transition is the same draw for draw
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    calls = []
+
+    def grad_fn(z):
+        calls.append(1)
+        return -z
+
+    out = []
+    for kw in ({}, {"grad_fn": grad_fn}):
+        g = torch.Generator().manual_seed(1)
+        state = hmc_init(z, standard_normal, 0.5)
+        for _ in range(3):
+            state, info = hmc_step(state, standard_normal, num_leapfrog=4, generator=g, **kw)
+        out.append((state, info))
+    assert len(calls) == 3 * 3  # num_leapfrog - 1 per transition
+    for a, b in zip(out[0][0][:4], out[1][0][:4]):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(out[0][1].accepted, out[1][1].accepted)
+
+
 def test_hmc_leaves_correlated_gaussian_invariant_with_per_chain_step_sizes():
     g = torch.Generator().manual_seed(1)
     N = 20_000
@@ -283,6 +306,31 @@ def test_a_loop_over_ais_step_is_ais(model):
     assert torch.equal(state.z, est.extra["z_final"])
     state, info = ais_step(state, x, 1.0, 1.0, f, initial="q", transition=False)
     assert info == AISInfo(None, None) and torch.equal(state.log_w, est.extra["log_weights"])
+
+
+def test_the_gradient_route_changes_no_draw(model):
+    # grad_log_joint (closed form in the fixture) at the inner leapfrog steps, or autograd of
+    # log_joint at every step: the same chains and weights, for AIS from q and BDMC; a
+    # gradient of the wrong shape is an error naming it
+    W, b, sigma, x, _, _ = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+    assert f.grad_log_joint is not None
+    out = []
+    for callables in (f, f._replace(grad_log_joint=None)):
+        torch.manual_seed(3)
+        g = torch.Generator().manual_seed(4)
+        est = ais(callables, x, schedule=sigmoid_schedule(20), num_chains=4, initial="q",
+                  num_leapfrog=4, generator=g)
+        z_sim = callables.sample_prior(len(x), 1)[0]
+        up = bdmc_upper(callables, x, z_sim, schedule=sigmoid_schedule(20), num_chains=4,
+                        step_size=est.extra["step_sizes"], adapt="none", num_leapfrog=4,
+                        generator=g)
+        out.append((est.extra["log_weights"], est.extra["z_final"], up.per_datapoint))
+    for a, b_ in zip(*out):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-10)
+    bad = f._replace(grad_log_joint=lambda x, z: z[0])
+    with pytest.raises(ValueError, match="grad_log_joint must return the shape of z"):
+        ais(bad, x, schedule=sigmoid_schedule(5), num_chains=4)
 
 
 # ------------------------------------------------------- AIS and BDMC stay bounds, over seeds

@@ -161,8 +161,9 @@ def test_spectral_norm_bounds_every_layer_of_the_discriminator(arch):
 
 
 def test_dcgan_discriminator_drops_out_in_training_only_and_keeps_its_weight_names():
-    """d_dropout reaches the DCGAN's D (after each leaky ReLU), is off in eval mode and at 0,
-    and adds no weights: a DCGAN saved before dropout existed there loads as it was."""
+    """d_dropout reaches the DCGAN's D (after each activation), is off in eval mode and at 0,
+    and adds no weights: a DCGAN saved before dropout existed there loads as it was; its
+    activation is d_activation's."""
     torch.manual_seed(0)
     kw = dict(data_dim=64, latent_dim=4, arch="dcgan", image_shape=(8, 8), channels=4)
     gan, plain = GAN(**kw, d_dropout=0.5), GAN(**kw, d_dropout=0.0)
@@ -174,6 +175,11 @@ def test_dcgan_discriminator_drops_out_in_training_only_and_keeps_its_weight_nam
     assert names == [f"discriminator.net.1.{i}.{w}" for i in (1, 3, 6) for w in ("weight", "bias")]
     plain.load_state_dict(gan.state_dict())
     torch.testing.assert_close(plain.eval().discriminate(x), gan.discriminate(x))
+    # d_activation reaches it too (DCGAN's leaky ReLU of slope 0.2 by default)
+    acts = [type(m[0]) for m in gan.discriminator.net[1] if isinstance(m, torch.nn.Sequential)]
+    assert acts == [torch.nn.LeakyReLU] * 2
+    tanh = GAN(**kw, d_activation="tanh").discriminator.net[1]
+    assert [type(m[0]) for m in tanh if isinstance(m, torch.nn.Sequential)] == [torch.nn.Tanh] * 2
 
 
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():

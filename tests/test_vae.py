@@ -118,6 +118,24 @@ def test_isotropic_normal_is_normal_to_event_one():
                                dist.Normal(0.0, 0.5).log_prob(x[0]).sum())
 
 
+def test_likelihood_scores_are_the_gradients_of_their_log_densities():
+    """``score(x)`` of the Bernoulli and fixed-scale Gaussian heads: their parameter tensor and
+    the gradient of the summed log density in it, x broadcast either way, with no graph."""
+    from pgm.likelihoods import BernoulliLogits, IsotropicNormal
+
+    torch.manual_seed(0)
+    h = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    for make in (BernoulliLogits, lambda h: IsotropicNormal(h, 0.3)):
+        for x in (torch.rand(4, 7, dtype=torch.float64).round(),
+                  torch.rand(2, 3, 4, 7, dtype=torch.float64)):
+            d = make(h)
+            param, score = d.score(x)
+            assert param is (d.base_dist.logits if hasattr(d, "base_dist") else d.loc)
+            assert score.shape == h.shape and not score.requires_grad
+            (ref,) = torch.autograd.grad(d.log_prob(x).sum(), param)
+            torch.testing.assert_close(score, ref)
+
+
 def test_bernoulli_logits_is_bernoulli_to_event_one():
     """The Bernoulli head's fast log density has the value, gradient and Hessian of
     ``Bernoulli(logits=h).to_event(1)``, on binary and grey x broadcast either way, and the

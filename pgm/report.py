@@ -18,7 +18,8 @@ results.json (schema ``pgm-eval``, version 3)::
 :func:`pgm.sample_quality.sample_quality`'s dict; its ``classes`` (labelled data only, added
 within version 3) is the class histogram of 10,000 samples beside the test set's
 (:mod:`pgm.mode_coverage`), ``classes.samples.ratio`` the rarest class's count over the most
-common one's.
+common one's, ``classes.samples.confident`` the share of samples the classifier labels with
+probability at least 0.9 (added within version 3; absent from older files).
 
 Values are nats per datapoint. Each estimator says what it is: ``bound`` is ``lower``,
 ``upper``, ``exact``, ``numerical`` (quadrature, to its ``tol``) or ``none``, and ``data`` is

@@ -252,7 +252,8 @@ def sample_quality(model, data, *, n: int | None = None, run_dir: str | Path | N
         {"n_samples", "nearest_neighbour": {"samples": {mean, se, median, min, n},
                                             "test": {...}, "ratio"},
          "frechet": {"samples_vs_train", "test_vs_train", "features", "classifier_accuracy"},
-         "classes": {"samples": {counts, fractions, n, rarest, most_common, ratio, missing},
+         "classes": {"samples": {counts, fractions, n, rarest, most_common, ratio, missing,
+                                 confident},
                      "test": {...}, "classifier_accuracy"}}  # labelled data only
 
     ``ratio`` < 1 means samples sit closer to training points than test data do (copying).

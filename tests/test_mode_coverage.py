@@ -12,6 +12,7 @@ from pgm.mode_coverage import (
     class_coverage,
     class_histogram_figure,
     class_summary,
+    confident_share,
 )
 from pgm.models import GAN
 from pgm.sample_quality import feature_classifier, sample_quality
@@ -44,6 +45,15 @@ def test_test_images_give_the_test_histogram(digits, classifier):
     assert cov["classifier_accuracy"] > 0.85
     counts = class_counts(classifier, digits.x_test, digits.n_classes, chunk=7)  # chunked alike
     assert counts.tolist() == cov["test"]["counts"]
+    # the share labelled with p >= 0.9: most test images (and no image with p >= 1 exactly)
+    assert 0.5 < cov["test"]["confident"] <= 1
+    p = classifier(digits.x_test).softmax(1).amax(1)
+    assert cov["test"]["confident"] == pytest.approx((p >= 0.9).double().mean().item())
+    assert confident_share(classifier, digits.x_test, chunk=7) == cov["test"]["confident"]
+    grey = torch.full((5, digits.data_dim), float(digits.x_test.mean()))
+    assert confident_share(classifier, grey, threshold=1.0) == 0.0
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        confident_share(classifier, grey[0])
 
 
 def test_a_generator_of_one_class_has_ratio_zero(digits, classifier):

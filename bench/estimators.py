@@ -15,8 +15,8 @@ it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' Open
 collapse under load): IWAE K=5000 on 1,000 images 1.5-1.8x (2.0-2.4x with
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
 0.58 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
-T=200 on 20 images 1.42x, and 1.62x for the same run with autograd of log p(x, z) at every
-leapfrog step (the row "autograd every step": the inner steps' gradient from the
+T=200 on 20 images 1.42-1.44x, and 1.62-1.83x for the same run with autograd of log p(x, z) at
+every leapfrog step (the row "autograd every step": the inner steps' gradient from the
 likelihood's closed-form score skips the softplus pass; 1.5-1.9x in earlier sessions).
 What is left beside the products: for IWAE one softplus per pixel and particle (a third of
 the decoder's product time), the bias broadcast and the ReLU; for AIS the score's sigmoid,

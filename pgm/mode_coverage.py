@@ -20,8 +20,11 @@ at least :data:`CONFIDENT` (0.9), the test set's beside the samples'. It separat
 samples are recognisable digits from which digits they are: a generator whose malformed
 images the classifier files under a few classes has a low r for another reason than dropped
 modes (mnist5k: 78% of the test images are labelled that surely, 41-42% of the DCGAN's
-samples, and among those the DCGAN's ratio is 0.46-0.57 against 0.43-0.50 over all). Read r
-and the confident share together with the Fréchet distance and the samples themselves.
+samples, and among those the DCGAN's ratio is 0.46-0.57 against 0.43-0.50 over all). The
+classifier is sure of some non-digits too (the quickstart's Gaussian mixture: noisy blurs,
+58% labelled with p >= 0.9, nearly all as one class), so the share is what this classifier
+recognises, not how clean a sample looks. Read r and the confident share together with the
+Fréchet distance and the samples themselves.
 """
 
 from __future__ import annotations

@@ -404,6 +404,16 @@ def _coverage_cell(coverage: dict, with_test: bool) -> str:
             + (f" (test: {t['ratio']:.2f})" if with_test and t else ""))
 
 
+def _confident_cell(coverage: dict | None, with_test: bool) -> str:
+    """The share of a run's samples the classifier labels with p >= 0.9 (``–`` if unknown)."""
+    s = (coverage or {}).get("samples") or {}
+    if s.get("confident") is None:
+        return "–"
+    t = coverage.get("test") or {}
+    return f"{s['confident']:.0%}" + (
+        f" (test: {t['confident']:.0%})" if with_test and t.get("confident") is not None else "")
+
+
 def _cell(s) -> str:
     return "–" if s is None else f"{s['mean']:.2f} ± {_fmt(s['se'])} ({s['n']})"
 
@@ -591,6 +601,12 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
         if any(covs):
             header.append("classes: rarest/most common" + (
                 f" (test: {ratios[0]:.2f})" if ratios and one_ratio else ""))
+        sure = [c["test"]["confident"] for c in covs
+                if c and (c.get("test") or {}).get("confident") is not None]
+        one_sure = _uniform(sure) or len(sure) == 1
+        if sure:  # results written before the confident share have none
+            header.append("labelled with p ≥ 0.9" + (f" (test: {sure[0]:.0%})" if one_sure
+                                                      else ""))
         for i, (row, x) in enumerate(zip(rows, q)):
             fd = x and x["frechet"]
             row += ["–", "–"] if x is None else [
@@ -600,6 +616,8 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
             if any(covs):
                 c = covs[i]
                 row.append("–" if c is None else _coverage_cell(c, not one_ratio))
+            if sure:
+                row.append(_confident_cell(covs[i], not one_sure))
 
     est_n = {n: [r["estimators"][n]["n"] for r in results if n in r["estimators"]]
              for n in est_names}

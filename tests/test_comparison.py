@@ -60,6 +60,34 @@ def test_commensurable_rows_are_not_flagged(grey):
     assert "<table>" in page
 
 
+def test_sample_quality_columns_give_the_class_ratio_and_the_surely_labelled_share(grey):
+    """Each run's class ratio and the share of its samples labelled with p >= 0.9, the test
+    set's value in the header when all runs share it; a run from before the share: "–"."""
+    def quality(ratio, confident):
+        hist = {"counts": [1, 2], "ratio": ratio, "missing": []}
+        sure = {} if confident is None else {"confident": confident}
+        return {"nearest_neighbour": {"ratio": 1.1},
+                "frechet": {"samples_vs_train": 5.0, "test_vs_train": 1.9},
+                "classes": {"samples": {**hist, **sure},
+                            "test": {**hist, "ratio": 0.79,
+                                     **({} if confident is None else {"confident": 0.78})}}}
+
+    rows = [_results("vae", grey, VAE(data_dim=64), 0.1, ais=(-50.0, 100)),
+            _results("gan", grey, GAN(data_dim=64, latent_dim=2), 0.1, ais=(-70.0, 100)),
+            _results("old", grey, GAN(data_dim=64, latent_dim=2), 0.1, ais=(-71.0, 100))]
+    for row, q in zip(rows, (quality(0.07, 0.36), quality(0.47, 0.42), quality(0.5, None))):
+        row["sample_quality"] = q
+    md, _ = comparison(rows)
+    assert "classes: rarest/most common (test: 0.79)" in md
+    assert "labelled with p ≥ 0.9 (test: 78%)" in md
+    main = md.split("## Every estimator")[0]  # the first table: one row per run
+    lines = {line.split("|")[1].strip(): line for line in main.splitlines()
+             if line.startswith("|")}
+    assert lines["gan"].rstrip().endswith("| 0.47 | 42% |")
+    assert lines["vae"].rstrip().endswith("| 0.07 | 36% |")
+    assert lines["old"].rstrip().endswith("| 0.50 | – |")
+
+
 def test_binarised_rows_other_images_and_old_results_are_flagged(grey, binary):
     rows = [_results("gan", grey, GAN(data_dim=64, latent_dim=2), 0.1, ais=(-70.0, 100)),
             _results("vae-bin", binary, VAE(data_dim=64), ais=(-30.0, 100)),

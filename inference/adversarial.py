@@ -402,12 +402,11 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     and 8.8 against 9.4 and 10.4, but ratio 0.47 and 0.42 against 0.46 and 0.49 (ones scarcer
     still) and the same share of samples the classifier labels with p ≥ 0.9 (41%, 43%; 41%
     and 42% without). The conv G with the MLP GAN's D instead (512-256, dropout 0.3, spectral
-    norm, lr_d 6e-4; seed 0, 200 epochs, 0.65x the epoch time) scores best by every number:
-    ratio 0.68, Fréchet 1.66 (the test images' own: 1.86), 46% labelled with p ≥ 0.9; but
-    its strokes are blotched and broken like the MLP GAN's, where the conv D's are smooth, so
-    it is not the default until a second seed and a look say otherwise. Dropout only acts
-    while D trains, so it costs nothing at evaluation.
-    The DCGAN costs 5.6x the MLP GAN per epoch (12.8
+    norm, lr_d 6e-4; seed 0, 200 epochs) scores best by every number: ratio 0.68, Fréchet
+    1.66 (the test images' own: 1.86), 46% labelled with p ≥ 0.9; but its strokes are
+    blotched and broken like the MLP GAN's, where the conv D's are smooth, so it is not the
+    default until a second seed and a look say otherwise. Dropout only acts while D trains,
+    so it costs nothing at evaluation. The DCGAN costs 5.6x the MLP GAN per epoch (12.8
     s against 2.3 s on one thread, interleaved) and 32x per AIS step (a value and gradient of G
     on 800 latents: 741 against 23 ms), so the quickstart keeps the MLP. With 32 channels and
     spectral norm it had ratio 0.012 and Fréchet 94 at 25 epochs.

@@ -202,8 +202,9 @@ def _dcgan_generator(c: GANConfig) -> nn.Module:
 def _dcgan_discriminator(c: GANConfig) -> nn.Module:
     h, w = c.image_shape
     ch = c.channels
-    def act():  # activation, then dropout: one module, so the layers' indices (the weights'
-        return nn.Sequential(_activation(c.d_activation), nn.Dropout(c.d_dropout))  # names) stay
+    # activation, then dropout as one module: the layers' indices (the weights' names) stay put
+    def act():
+        return nn.Sequential(_activation(c.d_activation), nn.Dropout(c.d_dropout))
 
     return nn.Sequential(
         nn.Unflatten(1, (1, h, w)),

@@ -45,26 +45,33 @@ CONFIDENT = 0.9
 
 
 @torch.no_grad()
+def _labels(classifier, x: torch.Tensor, chunk: int, caller: str) -> tuple[torch.Tensor,
+                                                                            torch.Tensor]:
+    """Each row's most probable class under ``classifier`` and its probability (the softmax
+    of the logits), ``chunk`` rows per call, on the CPU: one pass serves the histogram and
+    the confident share."""
+    if x.ndim != 2:
+        raise ValueError(f"{caller} needs (N, D) inputs, got shape {tuple(x.shape)}")
+    top = [classifier(x[i:i + chunk].float()).softmax(1).max(1)
+           for i in range(0, len(x), chunk)]
+    if not top:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+    return (torch.cat([t.indices for t in top]).cpu(), torch.cat([t.values for t in top]).cpu())
+
+
 def class_counts(classifier, x: torch.Tensor, n_classes: int, *,
                  chunk: int = 1000) -> torch.Tensor:
     """(n_classes,) int64: how many rows of ``x`` (N, D) the classifier labels as each class."""
-    if x.ndim != 2:
-        raise ValueError(f"class_counts needs (N, D) inputs, got shape {tuple(x.shape)}")
-    labels = [classifier(x[i:i + chunk].float()).argmax(1).cpu() for i in range(0, len(x), chunk)]
-    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-    return torch.bincount(labels, minlength=n_classes)
+    return torch.bincount(_labels(classifier, x, chunk, "class_counts")[0], minlength=n_classes)
 
 
-@torch.no_grad()
 def confident_share(classifier, x: torch.Tensor, *, threshold: float = CONFIDENT,
                     chunk: int = 1000) -> float:
     """The share of rows of ``x`` (N, D) whose most probable class under ``classifier`` (the
     softmax of its logits) has probability at least ``threshold``."""
-    if x.ndim != 2 or not len(x):
+    if x.ndim == 2 and not len(x):
         raise ValueError(f"confident_share needs (N, D) inputs, N >= 1, got {tuple(x.shape)}")
-    top = [classifier(x[i:i + chunk].float()).softmax(1).amax(1).cpu()
-           for i in range(0, len(x), chunk)]
-    return (torch.cat(top) >= threshold).double().mean().item()
+    return (_labels(classifier, x, chunk, "confident_share")[1] >= threshold).double().mean().item()
 
 
 def class_summary(counts) -> dict:
@@ -87,9 +94,10 @@ def class_coverage(samples: torch.Tensor, data, classifier) -> dict:
         raise ValueError(f"{data.name} has no labels, so no class histogram")
     k = data.n_classes
 
-    def summary(x):
-        return {**class_summary(class_counts(classifier, x, k)),
-                "confident": confident_share(classifier, x)}
+    def summary(x):  # one pass of the classifier for both numbers
+        labels, top = _labels(classifier, x, 1000, "class_coverage")
+        return {**class_summary(torch.bincount(labels, minlength=k)),
+                "confident": (top >= CONFIDENT).double().mean().item()}
 
     return {"samples": summary(samples),
             "test": summary(data.x_test) if len(data.x_test) else None,

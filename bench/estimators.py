@@ -15,9 +15,10 @@ it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' Open
 collapse under load): IWAE K=5000 on 1,000 images 1.5-1.8x (2.0-2.4x with
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
 0.58 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
-T=200 on 20 images 1.42-1.44x, and 1.62-1.83x for the same run with autograd of log p(x, z) at
-every leapfrog step (the row "autograd every step": the inner steps' gradient from the
-likelihood's closed-form score skips the softplus pass; 1.5-1.9x in earlier sessions).
+T=200 on 20 images 1.38x (1.42-1.44x before the prior's gradient was taken in closed form),
+and 1.62-1.83x for the same run with autograd of log p(x, z) and log p(z) at every leapfrog
+step (the row "autograd every step": the inner steps' gradient from the likelihood's
+closed-form score skips the softplus pass; 1.5-1.9x in earlier sessions).
 What is left beside the products: for IWAE one softplus per pixel and particle (a third of
 the decoder's product time), the bias broadcast and the ReLU; for AIS the score's sigmoid,
 the ReLU and its backward pass. torch.compile of AIS's value-and-gradient took 136 s to
@@ -320,12 +321,12 @@ def main():
         t = time.perf_counter() - t0
     rows.append((f"AIS T={args.ais_steps}, per-datapoint loop", loop_n, t, mem.mb,
                  ref.mean().item()))
-    # the same AIS with autograd of log p(x, z) at every leapfrog step, as before the
-    # likelihood's closed-form score served the inner steps (same seed: the same draws)
+    # the same AIS with autograd of log p(x, z) and log p(z) at every leapfrog step, as
+    # before the closed-form scores served the inner steps (same seed: the same draws)
     torch.manual_seed(2)
     with PeakRSS(device) as mem:
         res, rates[4] = with_rate(device, lambda: ais(
-            f._replace(grad_log_joint=None), x[:args.n_ais],
+            f._replace(grad_log_joint=None, grad_log_prior=None), x[:args.n_ais],
             schedule=sigmoid_schedule(args.ais_steps), num_chains=16, num_leapfrog=10))
     rows.append((f"AIS T={args.ais_steps}, autograd every step", args.n_ais, res.seconds,
                  mem.mb, res.mean))

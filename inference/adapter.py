@@ -11,6 +11,9 @@ r"""From one of pgm's models to the plain callables the estimators take.
 - ``grad_log_joint(x, z)`` = the gradient of log p(x, z) in z (from the likelihood's score in
   closed form where its distribution has one, so HMC's inner leapfrog steps skip the log
   density's pass over every pixel)
+- ``grad_log_prior(z)`` = the gradient of log p(z) in z (in closed form where
+  :func:`~pgm.inference.scores.grad_log_prob` has one, as for the Gaussian priors; both
+  gradients fall back to autograd)
 
 Any Pyro model/guide pair is measurable through :class:`pgm.inference.program.Program`, which
 reads these functions off the pair's traces (``traces=True`` here routes a pgm model through
@@ -28,6 +31,7 @@ import torch
 
 from .callables import LatentCallables
 from .program import Program
+from .scores import grad_log_prob
 
 
 def latent_callables(model, y: torch.Tensor | None = None, *,
@@ -61,19 +65,32 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         check(x)
         return log_prior(z) + model.decode(z, y).log_prob(x)
 
+    def grad_log_prior(z):
+        g = grad_log_prob(model.prior(z.shape[1], y), z)
+        if g is not None:
+            return g.detach()
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            return torch.autograd.grad(log_prior(z).sum(), z)[0].detach()
+
     def grad_log_joint(x, z):
         # d/dz log p(x, z) in one backward pass from the likelihood's parameter, with its
         # score in closed form where the distribution gives one (``score``: Bernoulli logits,
-        # a fixed-scale Gaussian's mean); otherwise autograd of log p(x | z)
+        # a fixed-scale Gaussian's mean), otherwise autograd of log p(x | z); the prior's
+        # gradient in closed form where it has one, otherwise in the same backward pass
         check(x)
+        prior_grad = grad_log_prob(model.prior(z.shape[1], y), z)
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             p_x = model.decode(z, y)
             score = getattr(p_x, "score", None)
             param, d = score(x) if score is not None else (p_x.log_prob(x).sum(), None)
-            outputs, seeds = [log_prior(z).sum(), param], [None, d]
+            outputs, seeds = [param], [d]
+            if prior_grad is None:
+                outputs, seeds = [log_prior(z).sum(), param], [None, d]
             grad = torch.autograd.grad(outputs, z, seeds, allow_unused=True)[0]
-        return torch.zeros_like(z) if grad is None else grad.detach()
+        grad = torch.zeros_like(z) if grad is None else grad
+        return (grad if prior_grad is None else grad + prior_grad).detach()
 
     cache: dict = {}
 
@@ -100,7 +117,7 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
             return model.prior(B, y).sample((K,))
 
     return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior,
-                           grad_log_joint)
+                           grad_log_joint, grad_log_prior)
 
 
 def _same_key(a: tuple, b: tuple) -> bool:

@@ -49,7 +49,9 @@ evaluations only the last of each trajectory needs a value (for the Metropolis t
 weight); the others take the gradient alone, through ``f.grad_log_joint`` where the callables
 have it (:func:`pgm.inference.adapter.latent_callables`: the likelihood's score in closed
 form, skipping the log density's pass over every pixel), with the same draws and weights
-(``bench/estimators.py`` prints both routes side by side).
+(``bench/estimators.py`` prints both routes side by side). Started from the prior, p_0's
+gradient at every step comes from ``f.grad_log_prior`` where the callables have it (the
+Gaussian prior's in closed form, :mod:`pgm.inference.scores`).
 
 **Step sizes, tuned by pilot chains.** The HMC step size of the transition that targets
 :math:`\pi_j` is one number per datapoint, :math:`\epsilon_j`, for every position j of the
@@ -191,19 +193,30 @@ def ais_step(
     z = state.z
     C, B = z.shape[:2]
 
+    # p_0's gradient without autograd where the callables give it (the prior's, in closed
+    # form for a Gaussian): it is needed at every leapfrog step
+    grad_p0 = f.grad_log_prior if initial == "prior" else None
+
+    def base_grad(z: Tensor) -> Tensor:
+        g = grad_p0(z).detach()
+        if g.shape != z.shape:
+            raise ValueError(f"grad_log_prior must return the shape of z, {tuple(z.shape)}, "
+                             f"got {tuple(g.shape)}")
+        return g
+
     def parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """log p(x, z), log p_0(z) ``(C, B)`` and their gradients ``(C, B, L)``, detached."""
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
-            base = log_p0(x, z_)  # (C, B)
+            base = log_p0(x, z_ if grad_p0 is None else z.detach())  # (C, B)
             joint = f.log_joint(x, z_)  # (C, B)
             if base.shape != (C, B) or joint.shape != (C, B):
                 raise ValueError(
                     f"log densities must have shape ({C}, {B}), got {tuple(base.shape)} "
                     f"and {tuple(joint.shape)}"
                 )
-            g_joint = _grad(joint, z_, retain=base.requires_grad)
-            g_base = _grad(base, z_)
+            g_joint = _grad(joint, z_, retain=grad_p0 is None and base.requires_grad)
+            g_base = _grad(base, z_) if grad_p0 is None else base_grad(z)
         return joint.detach(), base.detach(), g_joint, g_base
 
     def at_beta(p: tuple) -> tuple[Tensor, Tensor]:
@@ -227,9 +240,12 @@ def ais_step(
     grad_fn = None
     if f.grad_log_joint is not None:  # the inner leapfrog steps need the gradient alone
         def grad_fn(z: Tensor) -> Tensor:
-            with torch.enable_grad():
-                z_ = z.detach().requires_grad_(True)
-                g_base = _grad(log_p0(x, z_), z_)
+            if grad_p0 is not None:
+                g_base = base_grad(z)
+            else:
+                with torch.enable_grad():
+                    z_ = z.detach().requires_grad_(True)
+                    g_base = _grad(log_p0(x, z_), z_)
             g_joint = f.grad_log_joint(x, z).detach()
             if g_joint.shape != z.shape:
                 raise ValueError(f"grad_log_joint must return the shape of z, {tuple(z.shape)}, "

@@ -20,6 +20,8 @@ latent dimensions; ``x`` is ``(B, D)`` or any ``(B, ...)``)::
                                       optional, a cheaper route than autograd of log_joint
                                       that HMC takes at the leapfrog steps whose value is
                                       not needed (all but the last of a trajectory)
+    grad_log_prior(z)   -> (K, B, L)  the gradient of log p(z) in z; optional, the same
+                                      route for AIS started from the prior (its p_0)
 
 Every estimator returns an :class:`Estimate`: per-datapoint values in nats and their mean with
 a standard error across datapoints, and what the number is (:data:`BOUNDS`): a lower bound of
@@ -52,6 +54,7 @@ class LatentCallables(NamedTuple):
     log_q: Callable[[Tensor, Tensor], Tensor]
     sample_prior: Callable[[int, int], Tensor] | None = None
     grad_log_joint: Callable[[Tensor, Tensor], Tensor] | None = None
+    grad_log_prior: Callable[[Tensor], Tensor] | None = None
 
 
 #: What an estimate is, relative to log p(x) of the datapoints it was computed on.

@@ -95,4 +95,8 @@ def linear_gaussian_callables(
         resid = (x.to(dtype) - b - z @ W.T) / sigma**2  # (K, B, D)
         return resid @ W - z
 
-    return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior, grad_log_joint)
+    def grad_log_prior(z: Tensor) -> Tensor:  # -> (K, B, L), in closed form
+        return -z
+
+    return LatentCallables(log_joint, log_prior, sample_q, log_q, sample_prior, grad_log_joint,
+                           grad_log_prior)

@@ -60,7 +60,31 @@ def test_grad_log_joint_is_the_gradient_of_log_joint(likelihood):
         g = f.grad_log_joint(x, z)
         assert g.shape == z.shape and not g.requires_grad and not z.requires_grad
         torch.testing.assert_close(g, ref)
-    assert latent_callables(model, y, traces=True).grad_log_joint is None
+        (ref,) = torch.autograd.grad(f.log_prior(zg).sum(), zg)
+        g = f.grad_log_prior(z)
+        assert g.shape == z.shape and not g.requires_grad
+        torch.testing.assert_close(g, ref)
+    traced = latent_callables(model, y, traces=True)
+    assert traced.grad_log_joint is None and traced.grad_log_prior is None
+
+
+def test_gradients_fall_back_to_autograd_for_a_prior_without_a_closed_form():
+    """A prior that pgm.inference.scores has no closed form for (a Laplace here): both
+    gradients come from autograd and still equal those of log_prior and log_joint."""
+    import pyro.distributions as dist
+
+    class LaplacePrior(VAE):
+        def prior(self, n, y=None):
+            return dist.Laplace(torch.zeros(n, self.latent_dim), 1.0).to_event(1)
+
+    torch.manual_seed(0)
+    model = LaplacePrior(data_dim=20, latent_dim=3, hidden=(8,))
+    f = latent_callables(model)
+    x = torch.rand(4, 20).bernoulli()
+    z = f.sample_prior(4, 6).requires_grad_(True)
+    for grad, value in ((f.grad_log_prior(z.detach()), f.log_prior(z)),
+                        (f.grad_log_joint(x, z.detach()), f.log_joint(x, z))):
+        torch.testing.assert_close(grad, torch.autograd.grad(value.sum(), z)[0])
 
 
 @pytest.mark.parametrize("traces", [True, False])

@@ -308,29 +308,35 @@ def test_a_loop_over_ais_step_is_ais(model):
     assert info == AISInfo(None, None) and torch.equal(state.log_w, est.extra["log_weights"])
 
 
-def test_the_gradient_route_changes_no_draw(model):
-    # grad_log_joint (closed form in the fixture) at the inner leapfrog steps, or autograd of
-    # log_joint at every step: the same chains and weights, for AIS from q and BDMC; a
-    # gradient of the wrong shape is an error naming it
+@pytest.mark.parametrize("initial", ["q", "prior"])
+def test_the_gradient_route_changes_no_draw(model, initial):
+    # grad_log_joint and grad_log_prior (closed forms in the fixture) at the inner leapfrog
+    # steps, or autograd of log_joint and log p_0 at every step: the same chains and weights,
+    # for AIS and BDMC from q and from the prior; a gradient of the wrong shape is an error
+    # naming it
     W, b, sigma, x, _, _ = model
     f = linear_gaussian_callables(W, b, sigma, q="perturbed")
-    assert f.grad_log_joint is not None
+    assert f.grad_log_joint is not None and f.grad_log_prior is not None
     out = []
-    for callables in (f, f._replace(grad_log_joint=None)):
+    for callables in (f, f._replace(grad_log_joint=None, grad_log_prior=None)):
         torch.manual_seed(3)
         g = torch.Generator().manual_seed(4)
-        est = ais(callables, x, schedule=sigmoid_schedule(20), num_chains=4, initial="q",
+        est = ais(callables, x, schedule=sigmoid_schedule(20), num_chains=4, initial=initial,
                   num_leapfrog=4, generator=g)
         z_sim = callables.sample_prior(len(x), 1)[0]
         up = bdmc_upper(callables, x, z_sim, schedule=sigmoid_schedule(20), num_chains=4,
                         step_size=est.extra["step_sizes"], adapt="none", num_leapfrog=4,
-                        generator=g)
+                        initial=initial, generator=g)
         out.append((est.extra["log_weights"], est.extra["z_final"], up.per_datapoint))
     for a, b_ in zip(*out):
         torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-10)
     bad = f._replace(grad_log_joint=lambda x, z: z[0])
     with pytest.raises(ValueError, match="grad_log_joint must return the shape of z"):
-        ais(bad, x, schedule=sigmoid_schedule(5), num_chains=4)
+        ais(bad, x, schedule=sigmoid_schedule(5), num_chains=4, initial=initial)
+    if initial == "prior":
+        bad = f._replace(grad_log_prior=lambda z: z[0])
+        with pytest.raises(ValueError, match="grad_log_prior must return the shape of z"):
+            ais(bad, x, schedule=sigmoid_schedule(5), num_chains=4, initial=initial)
 
 
 # ------------------------------------------------------- AIS and BDMC stay bounds, over seeds

@@ -471,7 +471,7 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
     settings = {**defaults, **settings}
     default_epochs = settings.pop("epochs")
     model_kw = {k: v for k, v in settings.items() if k in model_keys}
-    for key in ("hidden", "d_hidden", "image_shape", "data_loc", "data_scale"):
+    for key in ("hidden", "d_hidden", "d_mlp_branch", "image_shape", "data_loc", "data_scale"):
         if model_kw.get(key) is not None:
             model_kw[key] = tuple(model_kw[key])
     if model_kw.get("output") == "sigmoid":

@@ -106,6 +106,9 @@ class GANConfig:
     d_activation: str = "leaky_relu"  # discriminator
     d_dropout: float = 0.3  # dropout after each hidden layer of the discriminator
     channels: int = 32  # dcgan: channels of the 14x14 feature maps (2x at 7x7)
+    # dcgan: hidden sizes of an MLP discriminator beside the conv one, spectrally normalised,
+    # the two logits summed; None: the conv D alone (every DCGAN saved before it existed)
+    d_mlp_branch: tuple[int, ...] | None = None
     ema: float = 0.0  # decay of the averaged generator used in eval mode; 0: no average
     spectral_norm: bool = False  # D's linear and conv weights divided by their top singular value
     # real-valued data ("identity" output): D sees (x - data_loc) / data_scale, per dimension;
@@ -135,6 +138,13 @@ class GANConfig:
                     raise ValueError(f"{field} needs data_dim={self.data_dim} values")
         if self.data_scale is not None and min(self.data_scale) <= 0:
             raise ValueError("data_scale must be positive")
+        if self.d_mlp_branch is not None:
+            if self.arch != "dcgan":
+                raise ValueError("d_mlp_branch applies to arch='dcgan' only (the MLP GAN's D is "
+                                 "an MLP already)")
+            if not all(isinstance(n, int) and n > 0 for n in self.d_mlp_branch):
+                raise ValueError(f"d_mlp_branch must be positive layer sizes, got "
+                                 f"{self.d_mlp_branch!r}")
         if self.arch == "dcgan":
             if self.image_shape is None:
                 raise ValueError("arch='dcgan' needs image_shape")
@@ -215,6 +225,17 @@ def _dcgan_discriminator(c: GANConfig) -> nn.Module:
     )
 
 
+class _SummedLogits(nn.Module):
+    """Two discriminators on the same input, their logits summed: D(x) = D_conv(x) + D_mlp(x)."""
+
+    def __init__(self, conv: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.conv, self.mlp = conv, mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.mlp(x)
+
+
 def _spectral_norm(d: nn.Module) -> None:
     r"""Spectral normalisation (Miyato et al. 2018) of every linear and convolutional layer of
     the discriminator: :math:`W / \sigma(W)`, σ the largest singular value estimated by one
@@ -255,6 +276,10 @@ class GAN(nn.Module):
             g, d = _dcgan_generator(c), _dcgan_discriminator(c)
         if c.spectral_norm:
             _spectral_norm(d)
+        if c.d_mlp_branch is not None:
+            mlp = _mlp([c.data_dim, *c.d_mlp_branch, 1], c.d_activation, c.d_dropout)
+            _spectral_norm(mlp)
+            d = _SummedLogits(d, mlp)
         loc = torch.tensor(c.data_loc if c.data_loc is not None else [0.0] * c.data_dim)
         scale = torch.tensor(c.data_scale if c.data_scale is not None else [1.0] * c.data_dim)
         if c.output == "sigmoid":  # x = (1 + tanh(a)) / 2 in [0, 1]; D sees 2x - 1

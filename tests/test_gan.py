@@ -182,6 +182,39 @@ def test_dcgan_discriminator_drops_out_in_training_only_and_keeps_its_weight_nam
     assert [type(m[0]) for m in tanh if isinstance(m, torch.nn.Sequential)] == [torch.nn.Tanh] * 2
 
 
+def test_dcgan_mlp_branch_sums_two_discriminators_and_old_dcgans_still_load():
+    """d_mlp_branch adds a spectrally normalised MLP D beside the conv D, the logits summed;
+    the conv D keeps its weights' names inside it; a DCGAN without the branch (every run saved
+    before it existed) builds and loads as before; the MLP GAN refuses it."""
+    from pgm.config import from_dict, to_dict
+
+    torch.manual_seed(0)
+    kw = dict(data_dim=64, latent_dim=4, arch="dcgan", image_shape=(8, 8), channels=4)
+    both, conv = GAN(**kw, d_mlp_branch=(16, 8)).eval(), GAN(**kw).eval()
+    x = torch.rand(16, 64)
+    d = both.discriminator.net[1]  # after the (2x - 1) affine
+    torch.testing.assert_close(both.discriminate(x), (d.conv(2 * x - 1) + d.mlp(2 * x - 1))[:, 0])
+    mlp = [m for m in d.mlp.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in mlp] == [16, 8, 1]
+    assert all(parametrize.is_parametrized(m, "weight") for m in mlp)
+    assert not any(parametrize.is_parametrized(m) for m in d.conv.modules())
+    # the conv half is the plain DCGAN's D, weight for weight
+    conv.load_state_dict({k.replace("net.1.conv.", "net.1."): v for k, v in
+                          both.state_dict().items() if ".mlp." not in k})
+    torch.testing.assert_close(conv.discriminate(x), d.conv(2 * x - 1)[:, 0])
+    assert [k for k in conv.state_dict() if k.startswith("discriminator.")] == [
+        f"discriminator.net.1.{i}.{w}" for i in (1, 3, 6) for w in ("weight", "bias")]
+    # written as JSON and read back, the config is the same
+    cfg = from_dict(GANConfig, json.loads(json.dumps(to_dict(both.config))))
+    assert cfg == both.config and cfg.d_mlp_branch == (16, 8)
+    assert from_dict(GANConfig, {k: v for k, v in to_dict(conv.config).items()
+                                 if k != "d_mlp_branch"}).d_mlp_branch is None
+    with pytest.raises(ValueError, match="d_mlp_branch applies to arch='dcgan' only"):
+        GANConfig(data_dim=64, d_mlp_branch=(16,))
+    with pytest.raises(ValueError, match="d_mlp_branch must be positive layer sizes"):
+        GANConfig(**kw, d_mlp_branch=(0,))
+
+
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():
     torch.manual_seed(0)
     gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")

@@ -381,15 +381,23 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     did.
 
     **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): 64 channels at 14x14,
-    batch norm in G, one lr 2e-4 (Radford et al. 2016), no spectral norm, **dropout 0.3 in D**
-    (after each leaky ReLU, as in the MLP's D), the same average, label smoothing and linear
-    decay, 200 epochs. It draws smooth, connected strokes, most of them readable digits: seed
-    0, ratio 0.43, 0.45, 0.46 and Fréchet 10.6, 10.0, 9.4 at 100, 150 and 200 epochs (sixes
-    rarest, 640 in 10,000; eights most common, 1,390, some of them blobs the classifier calls
-    8); seed 1 at 200 epochs: 0.49 and 10.4, sixes rarest again. Without dropout (the previous
-    default, 150 epochs) D learns the 4,000 training images' strokes and the generator settles
-    early: 0.32 and 13.2 at 150 epochs, flat from epoch 50 (seed 1: 0.33 and 14.3), more
-    malformed digits. Tried on seed 0 at 100 epochs and not kept: spectral norm with two
+    batch norm in G, one lr 2e-4 (Radford et al. 2016), no spectral norm, **a discriminator
+    with two views of each image**, their logits summed: the conv D (two stride-2
+    convolutions, leaky ReLU, **dropout 0.3** after each) and the MLP GAN's D on the whole
+    image (512-256, dropout 0.3, spectral norm; ``d_mlp_branch``); the same average, label
+    smoothing and linear decay, 200 epochs. Seeds 0 and 1 at 200 epochs: class ratio 0.55 and
+    0.53, Fréchet 3.4 and 5.2, 48% and 46% of the samples labelled with p ≥ 0.9 (test images:
+    0.79, 1.86, 78%); every digit drawn, eights the most common (14.6%, 13.8%) and sixes the
+    rarest (8.1%, 7.3%). Smooth, connected strokes, about two digits in three readable. The
+    conv D alone (the default before): 0.46 and 0.49, Fréchet 9.4 and 10.4, 41% and 42%, strokes
+    as smooth, more malformed digits; at 100 and 150 epochs (seed 0) 0.43, 0.45 and Fréchet
+    10.6, 10.0. The pair learns faster too: seed 0 at 100 epochs 0.53 and 5.0. Without dropout
+    (150 epochs) the conv D learns the 4,000 training images' strokes and the generator
+    settles early: 0.32 and 13.2 at 150 epochs, flat from epoch 50 (seed 1: 0.33 and 14.3).
+    A training step of the pair costs 1.15x the conv D's (interleaved, one thread; G's
+    update included), and nothing at evaluation: D is not used there.
+
+    Tried and not kept (seed 0, the conv D alone, 100 epochs unless said): spectral norm with two
     time-scales (lr 1e-4 for G, 4e-4 for D: 0.23 and 13.2, blotchy strokes); random
     translations of D's inputs by up to 3 pixels (differentiable augmentation, Zhao et al.
     2020: 0.03 and 58, strokes clean but ones all but gone and many shapes no digit); dropout
@@ -401,19 +409,17 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     channel before D's last layer (Karras et al. 2018), 200 epochs, seeds 0 and 1: Fréchet 8.4
     and 8.8 against 9.4 and 10.4, but ratio 0.47 and 0.42 against 0.46 and 0.49 (ones scarcer
     still) and the same share of samples the classifier labels with p ≥ 0.9 (41%, 43%; 41%
-    and 42% without). The conv G with the MLP GAN's D instead (512-256, dropout 0.3, spectral
+    and 42% without). The conv G with the MLP GAN's D alone (512-256, dropout 0.3, spectral
     norm, lr_d 6e-4; seed 0, 200 epochs) scores best by every number: ratio 0.68, Fréchet
     1.66 (the test images' own: 1.86), 46% labelled with p ≥ 0.9; but its strokes are
-    blotched and broken like the MLP GAN's, where the conv D's are smooth, so it is not the
-    default until a second seed and a look say otherwise. Both Ds on the same image, their
-    logits summed (the conv D as it is, the MLP D with spectral norm; one lr 2e-4; seed 0,
-    200 epochs): ratio 0.55, Fréchet 3.4, 48% labelled with p ≥ 0.9 (the conv D alone: 0.46,
-    9.4, 41%), smooth strokes, about seven digits in ten readable; the next candidate for the
-    default, once a second seed agrees. Dropout only acts while D trains,
-    so it costs nothing at evaluation. The DCGAN costs 5.6x the MLP GAN per epoch (12.8
-    s against 2.3 s on one thread, interleaved) and 32x per AIS step (a value and gradient of G
-    on 800 latents: 741 against 23 ms), so the quickstart keeps the MLP. With 32 channels and
-    spectral norm it had ratio 0.012 and Fréchet 94 at 25 epochs.
+    blotched and broken like the MLP GAN's, where the conv D's are smooth: the classifier's
+    features do not see stroke texture. The MLP generator with the two-view D collapsed to one
+    or two digits within 25 epochs (lr_d 6e-4 with 64 channels; one lr with 32), so the MLP
+    GAN keeps its own D. The DCGAN costs 5.6x the MLP GAN per epoch with the conv D alone
+    (12.8 s against 2.3 s on one thread, interleaved), so about 6.4x with the pair, and 32x per
+    AIS step (a value and gradient of G on 800 latents: 741 against 23 ms), so the
+    quickstart keeps the MLP. With 32 channels and spectral norm it had ratio 0.012 and
+    Fréchet 94 at 25 epochs.
 
     Other real data: a small MLP GAN with D on standardised data, 30 epochs. ``epochs`` is
     returned with the other settings.
@@ -430,7 +436,7 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
                   "label_smoothing": 0.1, "lr": 2e-4, "lr_schedule": "linear"}
         if arch == "dcgan":
             return {**images, "arch": "dcgan", "channels": 64, "spectral_norm": False,
-                    "d_dropout": 0.3, "epochs": 200}
+                    "d_dropout": 0.3, "d_mlp_branch": (512, 256), "epochs": 200}
         return {**images, "spectral_norm": True, "lr_d": 6e-4, "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}

@@ -404,6 +404,24 @@ def test_image_gan_trains_and_draws(tmp_path):
     assert (tmp_path / "img/cache/frechet_classifier.safetensors").is_file()  # for evaluate
 
 
+def test_a_dcgan_saved_before_the_mlp_branch_resumes_and_loads_with_the_conv_d_alone(tmp_path):
+    """A run written before ``d_mlp_branch`` existed (no such key in its config.json) resumes
+    with its own discriminator, not today's default pair, and loads as it was saved."""
+    from pgm.cli import main
+
+    run = tmp_path / "old"
+    train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, arch="dcgan",
+              d_mlp_branch=None, progress=False)
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["model_config"]["d_mlp_branch"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
+                 "--no-progress"]) == 0
+    gan = pgm.load_run(run).model
+    assert gan.config.d_mlp_branch is None and not hasattr(gan.discriminator.net[1], "mlp")
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
+
+
 def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     """`pgm train gan --arch conv` trains the DCGAN with gan_settings_for's DCGAN defaults; a
     resume keeps the run's architecture, and another architecture is refused."""

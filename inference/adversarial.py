@@ -420,7 +420,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     weights), with the two-view D, seed 0, 200 epochs: ratio 0.77, Fréchet 1.34, 56% labelled
     with p ≥ 0.9, about seven digits in ten readable and crisper strokes. It is ahead from the
     start (0.68 and 3.3 at 50 epochs, against 0.35 and 10.6). But its G costs 1.6-2.2x as
-    much per AIS step, and there is one seed so far. The DCGAN costs 5.6x the MLP GAN per
+    much per AIS step, and only seed 0 has run 200 epochs (seed 1 on a 100-epoch schedule:
+    0.66 and 2.0, 50% labelled with p ≥ 0.9). The DCGAN costs 5.6x the MLP GAN per
     epoch with the conv D alone (12.8 s against 2.3 s on one thread, interleaved), so about
     6.4x with the pair, and 32x per
     AIS step (a value and gradient of G on 800 latents: 741 against 23 ms), so the

@@ -65,8 +65,11 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         check(x)
         return log_prior(z) + model.decode(z, y).log_prob(x)
 
+    def closed_form_prior_grad(z):  # None where the prior has none (then autograd)
+        return grad_log_prob(model.prior(z.shape[1], y), z)
+
     def grad_log_prior(z):
-        g = grad_log_prob(model.prior(z.shape[1], y), z)
+        g = closed_form_prior_grad(z)
         if g is not None:
             return g.detach()
         with torch.enable_grad():
@@ -79,7 +82,7 @@ def _plain_callables(model, y: torch.Tensor | None) -> LatentCallables:
         # a fixed-scale Gaussian's mean), otherwise autograd of log p(x | z); the prior's
         # gradient in closed form where it has one, otherwise in the same backward pass
         check(x)
-        prior_grad = grad_log_prob(model.prior(z.shape[1], y), z)
+        prior_grad = closed_form_prior_grad(z)
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             p_x = model.decode(z, y)

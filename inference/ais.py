@@ -198,11 +198,7 @@ def ais_step(
     grad_p0 = f.grad_log_prior if initial == "prior" else None
 
     def base_grad(z: Tensor) -> Tensor:
-        g = grad_p0(z).detach()
-        if g.shape != z.shape:
-            raise ValueError(f"grad_log_prior must return the shape of z, {tuple(z.shape)}, "
-                             f"got {tuple(g.shape)}")
-        return g
+        return _shaped_like(z, grad_p0(z), "grad_log_prior")
 
     def parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """log p(x, z), log p_0(z) ``(C, B)`` and their gradients ``(C, B, L)``, detached."""
@@ -246,10 +242,7 @@ def ais_step(
                 with torch.enable_grad():
                     z_ = z.detach().requires_grad_(True)
                     g_base = _grad(log_p0(x, z_), z_)
-            g_joint = f.grad_log_joint(x, z).detach()
-            if g_joint.shape != z.shape:
-                raise ValueError(f"grad_log_joint must return the shape of z, {tuple(z.shape)}, "
-                                 f"got {tuple(g_joint.shape)}")
+            g_joint = _shaped_like(z, f.grad_log_joint(x, z), "grad_log_joint")
             return g_base + beta * (g_joint - g_base)
 
     hmc = HMCState(z.detach(), *at_beta(p), state.step_size, p)
@@ -257,6 +250,14 @@ def ais_step(
                          value_and_grad_fn=value_and_grad, grad_fn=grad_fn)
     return (AISState(hmc.z, log_w, state.step_size, hmc.aux),
             AISInfo(info.accept_prob, info.divergent))
+
+
+def _shaped_like(z: Tensor, g: Tensor, name: str) -> Tensor:
+    """``g`` detached, or a ValueError naming the callable ``name`` if it is not shaped like z."""
+    if g.shape != z.shape:
+        raise ValueError(f"{name} must return the shape of z, {tuple(z.shape)}, "
+                         f"got {tuple(g.shape)}")
+    return g.detach()
 
 
 def _grad(y: Tensor, z: Tensor, retain: bool = False) -> Tensor:

@@ -272,12 +272,13 @@ class GAN(nn.Module):
         self.config = config if config is not None else GANConfig(**kwargs)
         c = self.config
         self.data_dim, self.latent_dim = c.data_dim, c.latent_dim
+        mlp = None  # dcgan: the MLP branch of D, if any
         if c.arch == "mlp":
             g = _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation)
             d_hidden = c.d_hidden if c.d_hidden is not None else tuple(reversed(c.hidden))
             d = _mlp([c.data_dim, *d_hidden, 1], c.d_activation, c.d_dropout)
         else:
-            g, mlp = _dcgan_generator(c), None
+            g = _dcgan_generator(c)
             if c.d_mlp_branch is not None:  # built before the conv D: the order (of random
                 # draws) the runs in gan_settings_for's docstring were trained with
                 mlp = _mlp([c.data_dim, *c.d_mlp_branch, 1], c.d_activation, c.d_dropout)
@@ -285,7 +286,7 @@ class GAN(nn.Module):
             d = _dcgan_discriminator(c)
         if c.spectral_norm:
             _spectral_norm(d)
-        if c.arch == "dcgan" and mlp is not None:
+        if mlp is not None:
             d = _SummedLogits(d, mlp)
         loc = torch.tensor(c.data_loc if c.data_loc is not None else [0.0] * c.data_dim)
         scale = torch.tensor(c.data_scale if c.data_scale is not None else [1.0] * c.data_dim)

@@ -110,6 +110,9 @@ class GANConfig:
     d_activation: str = "leaky_relu"  # discriminator
     d_dropout: float = 0.3  # dropout after each hidden layer of the discriminator
     channels: int = 32  # dcgan: channels of the 14x14 feature maps (2x at 7x7)
+    # dcgan: a wider G, 4x channels at 7x7 and a stride-1 3x3 transposed convolution to 2x
+    # before the upsampling ones; False: the Linear straight to 2x (every DCGAN before it)
+    g_wide: bool = False
     # dcgan: hidden sizes of an MLP discriminator beside the conv one, spectrally normalised,
     # the two logits summed; None: the conv D alone (every DCGAN saved before it existed)
     d_mlp_branch: tuple[int, ...] | None = None
@@ -129,8 +132,12 @@ class GANConfig:
                 raise ValueError(f"unknown {field} {value!r}; known: {', '.join(known)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
-        if not isinstance(self.spectral_norm, bool):
-            raise ValueError(f"spectral_norm must be true or false, got {self.spectral_norm!r}")
+        for field in ("spectral_norm", "g_wide"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field} must be true or false, got {getattr(self, field)!r}")
+        if self.g_wide and self.arch != "dcgan":
+            raise ValueError("g_wide applies to arch='dcgan' only (the MLP GAN's G is sized by "
+                             "hidden)")
         if not 0 <= self.d_dropout < 1:
             raise ValueError(f"d_dropout must lie in [0, 1), got {self.d_dropout}")
         for field in ("data_loc", "data_scale"):
@@ -202,10 +209,15 @@ def _mlp(sizes: list[int], act: str, dropout: float = 0.0) -> nn.Sequential:
 def _dcgan_generator(c: GANConfig) -> nn.Module:
     h, w = c.image_shape
     ch = c.channels
+    first = 4 * ch if c.g_wide else 2 * ch  # channels of the Linear's H/4 x W/4 maps
+    layers = [nn.Linear(c.latent_dim, first * (h // 4) * (w // 4)),
+              nn.BatchNorm1d(first * (h // 4) * (w // 4)), _activation(c.activation),
+              nn.Unflatten(1, (first, h // 4, w // 4))]
+    if c.g_wide:  # built in this order: the random draws of the runs gan_settings_for quotes
+        layers += [nn.ConvTranspose2d(4 * ch, 2 * ch, 3, stride=1, padding=1),
+                   nn.BatchNorm2d(2 * ch), _activation(c.activation)]
     return nn.Sequential(
-        nn.Linear(c.latent_dim, 2 * ch * (h // 4) * (w // 4)),
-        nn.BatchNorm1d(2 * ch * (h // 4) * (w // 4)), _activation(c.activation),
-        nn.Unflatten(1, (2 * ch, h // 4, w // 4)),
+        *layers,
         nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1),
         nn.BatchNorm2d(ch), _activation(c.activation),
         nn.ConvTranspose2d(ch, 1, 4, stride=2, padding=1),

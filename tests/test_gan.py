@@ -215,6 +215,39 @@ def test_dcgan_mlp_branch_sums_two_discriminators_and_old_dcgans_still_load():
         GANConfig(**kw, d_mlp_branch=(0,))
 
 
+def test_dcgan_wide_generator_adds_a_stride_1_stage_and_old_generators_keep_their_names():
+    """g_wide: the Linear to 4c maps at H/4 x W/4, a 3x3 stride-1 transposed convolution to 2c,
+    then the plain DCGAN's two upsampling stages; without it G is built, named and drawn as
+    every DCGAN before it; the MLP GAN refuses it."""
+    from pgm.config import from_dict, to_dict
+
+    kw = dict(data_dim=64, latent_dim=4, arch="dcgan", image_shape=(8, 8), channels=4)
+    torch.manual_seed(0)
+    wide = GAN(**kw, g_wide=True)
+    torch.manual_seed(0)
+    narrow = GAN(**kw)
+    convs = [m for m in wide.generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in convs] == [
+        (16, 8, (3, 3), (1, 1)), (8, 4, (4, 4), (2, 2)), (4, 1, (4, 4), (2, 2))]
+    assert wide.generator.net[0][0].out_features == 16 * 2 * 2
+    z = torch.randn(5, 4)
+    assert wide.eval().generate(z).shape == (5, 64)
+    assert 0 <= wide.generate(z).min() and wide.generate(z).max() <= 1
+    assert [k for k in narrow.state_dict() if k.startswith("generator.")
+            and k.endswith("weight")] == [f"generator.net.0.{i}.weight" for i in (0, 1, 4, 5, 7)]
+    # the discriminator is the same either way, drawn from the same random numbers after G
+    assert [k for k in wide.state_dict() if k.startswith("discriminator.")] == [
+        k for k in narrow.state_dict() if k.startswith("discriminator.")]
+    cfg = from_dict(GANConfig, json.loads(json.dumps(to_dict(wide.config))))
+    assert cfg == wide.config and cfg.g_wide is True
+    assert from_dict(GANConfig, {k: v for k, v in to_dict(narrow.config).items()
+                                 if k != "g_wide"}).g_wide is False
+    with pytest.raises(ValueError, match="g_wide applies to arch='dcgan' only"):
+        GANConfig(data_dim=64, g_wide=True)
+    with pytest.raises(ValueError, match="g_wide must be true or false"):
+        GANConfig(**kw, g_wide=1)
+
+
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():
     torch.manual_seed(0)
     gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")
@@ -404,21 +437,22 @@ def test_image_gan_trains_and_draws(tmp_path):
     assert (tmp_path / "img/cache/frechet_classifier.safetensors").is_file()  # for evaluate
 
 
-def test_a_dcgan_saved_before_the_mlp_branch_resumes_and_loads_with_the_conv_d_alone(tmp_path):
-    """A run written before ``d_mlp_branch`` existed (no such key in its config.json) resumes
-    with its own discriminator, not today's default pair, and loads as it was saved."""
+def test_a_dcgan_saved_before_the_mlp_branch_and_wide_g_resumes_and_loads_as_it_was(tmp_path):
+    """A run written before ``d_mlp_branch`` and ``g_wide`` existed (no such keys in its
+    config.json) resumes with its own networks, not today's defaults, and loads as saved."""
     from pgm.cli import main
 
     run = tmp_path / "old"
     train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, arch="dcgan",
-              d_mlp_branch=None, progress=False)
+              d_mlp_branch=None, g_wide=False, progress=False)
     cfg = json.loads((run / "config.json").read_text())
-    del cfg["model_config"]["d_mlp_branch"]
+    del cfg["model_config"]["d_mlp_branch"], cfg["model_config"]["g_wide"]
     (run / "config.json").write_text(json.dumps(cfg))
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
                  "--no-progress"]) == 0
     gan = pgm.load_run(run).model
     assert gan.config.d_mlp_branch is None and not hasattr(gan.discriminator.net[1], "mlp")
+    assert not gan.config.g_wide and gan.generator.net[0][0].out_features == 2 * 64 * 2 * 2
     assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 

@@ -380,22 +380,36 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     one thread) and costs nothing at evaluation: G is unchanged, so an AIS step costs what it
     did.
 
-    **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): 64 channels at 14x14,
-    batch norm in G, one lr 2e-4 (Radford et al. 2016), no spectral norm, **a discriminator
-    with two views of each image**, their logits summed: the conv D (two stride-2
-    convolutions, leaky ReLU, **dropout 0.3** after each) and the MLP GAN's D on the whole
+    **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): **a wide generator**
+    (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128,
+    then two stride-2 ones to 64 maps of 14x14 and to the image; batch norm after each but the
+    last), one lr 2e-4 (Radford et al. 2016), no spectral norm, **a discriminator with two
+    views of each image**, their logits summed: the conv D (two stride-2 convolutions, 64 and
+    128 channels, leaky ReLU, **dropout 0.3** after each) and the MLP GAN's D on the whole
     image (512-256, dropout 0.3, spectral norm; ``d_mlp_branch``); the same average, label
-    smoothing and linear decay, 200 epochs. Seeds 0 and 1 at 200 epochs: class ratio 0.55 and
-    0.53, Fréchet 3.4 and 5.2, 48% and 46% of the samples labelled with p ≥ 0.9 (test images:
-    0.79, 1.86, 78%); every digit drawn, eights the most common (14.6%, 13.8%) and sixes the
-    rarest (8.1%, 7.3%). Smooth, connected strokes, about two digits in three readable. The
-    conv D alone (the default before): 0.46 and 0.49, Fréchet 9.4 and 10.4, 41% and 42%, strokes
-    as smooth, more malformed digits; at 100 and 150 epochs (seed 0) 0.43, 0.45 and Fréchet
-    10.6, 10.0. The pair learns faster too: seed 0 at 100 epochs 0.53 and 5.0. Without dropout
-    (150 epochs) the conv D learns the 4,000 training images' strokes and the generator
+    smoothing and linear decay, 200 epochs. Seeds 0 and 1 at 200 epochs: class ratio 0.77 and
+    0.72, Fréchet 1.34 and 1.38, 56% and 56% of the samples labelled with p ≥ 0.9 (test
+    images: 0.79, 1.86, 78%); every digit drawn about as often as in the test set (eights
+    the most common, 11.3% and 12.3%; twos and sixes the rarest, 8.7% and 8.8%). Smooth,
+    crisp strokes, about seven digits in ten readable; the rest are mostly digits with a
+    stroke too many or too few, a few blots. Over training (seed 0, epochs 25, 50, 100, 150,
+    200): ratio 0.30, 0.68, 0.72, 0.77, 0.77 and Fréchet 26, 3.3, 1.7, 1.42, 1.34, flat from
+    epoch 150 (seed 1: 0.59, 0.69, 0.68, 0.72 and 3.7, 1.6, 1.5, 1.38 at 50, 100, 125,
+    200). The narrow G (``g_wide=False``: the Linear straight to 128 maps, 0.44x G's weights;
+    the default before) with the same D: 0.55 and 0.53, Fréchet 3.4 and 5.2, 48% and 46%,
+    about two digits in three readable, and behind from the start (seed 0 at 50 epochs:
+    0.35 and 10.6). With the conv D alone as well (the default before that): 0.46 and 0.49,
+    Fréchet 9.4 and 10.4, 41% and 42%, strokes as smooth, more malformed digits; at 100 and
+    150 epochs (seed 0) 0.43, 0.45 and Fréchet 10.6, 10.0. Without dropout (conv D alone,
+    150 epochs) the conv D learns the 4,000 training images' strokes and the generator
     settles early: 0.32 and 13.2 at 150 epochs, flat from epoch 50 (seed 1: 0.33 and 14.3).
-    A training step of the pair costs 1.15x the conv D's (interleaved, one thread; G's
-    update included), and nothing at evaluation: D is not used there.
+
+    Its cost, interleaved on one thread: a training step of the wide G costs 1.34x the
+    narrow G's (235 against 175 ms per batch of 64, both with the pair; the pair costs 1.15x
+    the conv D alone), 55-56 minutes for the 200 epochs on one core, about 8x the MLP GAN's
+    time per epoch. At evaluation D is not used, but G is, at every AIS step: a value and
+    gradient of the wide G on 800 latents takes 1.95x the narrow G's and 54x the MLP GAN's
+    (887, 499 and 18 ms), so the quickstart keeps the MLP GAN.
 
     Tried and not kept (seed 0, the conv D alone, 100 epochs unless said): spectral norm with two
     time-scales (lr 1e-4 for G, 4e-4 for D: 0.23 and 13.2, blotchy strokes); random
@@ -415,17 +429,7 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     blotched and broken like the MLP GAN's, where the conv D's are smooth: the classifier's
     features do not see stroke texture. The MLP generator with the two-view D collapsed to one
     or two digits within 25 epochs (lr_d 6e-4 with 64 channels; one lr with 32), so the MLP
-    GAN keeps its own D. **The next candidate**, a larger generator (256 channels at 7x7 and
-    a stride-1 3x3 transposed convolution to 128 before the two stride-2 ones; 2.3x G's
-    weights), with the two-view D, seed 0, 200 epochs: ratio 0.77, Fréchet 1.34, 56% labelled
-    with p ≥ 0.9, about seven digits in ten readable and crisper strokes. It is ahead from the
-    start (0.68 and 3.3 at 50 epochs, against 0.35 and 10.6). But its G costs 1.6-2.2x as
-    much per AIS step, and only seed 0 has run 200 epochs (seed 1 on a 100-epoch schedule:
-    0.66 and 2.0, 50% labelled with p ≥ 0.9). The DCGAN costs 5.6x the MLP GAN per
-    epoch with the conv D alone (12.8 s against 2.3 s on one thread, interleaved), so about
-    6.4x with the pair, and 32x per
-    AIS step (a value and gradient of G on 800 latents: 741 against 23 ms), so the
-    quickstart keeps the MLP. With 32 channels and spectral norm it had ratio 0.012 and
+    GAN keeps its own D. With 32 channels and spectral norm it had ratio 0.012 and
     Fréchet 94 at 25 epochs.
 
     Other real data: a small MLP GAN with D on standardised data, 30 epochs. ``epochs`` is
@@ -443,7 +447,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
                   "label_smoothing": 0.1, "lr": 2e-4, "lr_schedule": "linear"}
         if arch == "dcgan":
             return {**images, "arch": "dcgan", "channels": 64, "spectral_norm": False,
-                    "d_dropout": 0.3, "d_mlp_branch": (512, 256), "epochs": 200}
+                    "d_dropout": 0.3, "d_mlp_branch": (512, 256), "g_wide": True,
+                    "epochs": 200}
         return {**images, "spectral_norm": True, "lr_d": 6e-4, "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}

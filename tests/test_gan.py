@@ -469,6 +469,7 @@ def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     assert not cfg["model_config"]["spectral_norm"] and cfg["fit"]["lr_d"] is None
     assert cfg["model_config"]["d_dropout"] == 0.3 and cfg["fit"]["epochs"] == 1
     assert cfg["model_config"]["d_mlp_branch"] == [512, 256]  # the conv + MLP discriminator
+    assert cfg["model_config"]["g_wide"] is True  # the wide generator
     gan = pgm.load_run(run).model
     assert gan.config.arch == "dcgan" and gan.sample(3).shape == (3, 64)
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",

@@ -381,33 +381,34 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     did.
 
     **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): **a wide generator**
-    (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128,
-    then two stride-2 ones to 64 maps of 14x14 and to the image; batch norm after each but the
-    last), one lr 2e-4 (Radford et al. 2016), no spectral norm, **a discriminator with two
-    views of each image**, their logits summed: the conv D (two stride-2 convolutions, 64 and
-    128 channels, leaky ReLU, **dropout 0.3** after each) and the MLP GAN's D on the whole
-    image (512-256, dropout 0.3, spectral norm; ``d_mlp_branch``); the same average, label
-    smoothing and linear decay, 200 epochs. Seeds 0 and 1 at 200 epochs: class ratio 0.77 and
-    0.72, Fréchet 1.34 and 1.38, 56% and 56% of the samples labelled with p ≥ 0.9 (test
-    images: 0.79, 1.86, 78%); every digit drawn about as often as in the test set (eights
-    the most common, 11.3% and 12.3%; twos and sixes the rarest, 8.7% and 8.8%). Smooth,
-    crisp strokes, about seven digits in ten readable; the rest are mostly digits with a
+    (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128, then
+    two stride-2 ones to 64 maps of 14x14 and to the image; batch norm after each but the last),
+    one lr 2e-4 (Radford et al. 2016), no spectral norm, **a discriminator with two views of
+    each image**, their logits summed: the conv D (two stride-2 convolutions, 64 and 128
+    channels, leaky ReLU, **dropout 0.3** after each) and the MLP GAN's D on the whole image
+    (512-256, dropout 0.3, spectral norm; ``d_mlp_branch``); the same average, label smoothing
+    and linear decay, 200 epochs. Seeds 0, 1 and 2 at 200 epochs: class ratio 0.77, 0.72 and
+    0.69, Fréchet 1.34, 1.38 and 1.12, 56% of the samples labelled with p ≥ 0.9 in each (test
+    images: 0.79, 1.86, 78%); every digit drawn about as often as in the test set (eights the
+    most common, 11.3%, 12.3% and 12.1%; twos, sixes and fives the rarest, 8.7%, 8.8% and 8.3%).
+    Smooth, crisp strokes, about seven digits in ten readable; the rest are mostly digits with a
     stroke too many or too few, a few blots. Over training (seed 0, epochs 25, 50, 100, 150,
     200): ratio 0.30, 0.68, 0.72, 0.77, 0.77 and Fréchet 26, 3.3, 1.7, 1.42, 1.34, flat from
-    epoch 150 (seed 1: 0.59, 0.69, 0.68, 0.72 and 3.7, 1.6, 1.5, 1.38 at 50, 100, 125,
-    200). The narrow G (``g_wide=False``: the Linear straight to 128 maps, 0.44x G's weights;
-    the default before) with the same D: 0.55 and 0.53, Fréchet 3.4 and 5.2, 48% and 46%,
-    about two digits in three readable, and behind from the start (seed 0 at 50 epochs:
-    0.35 and 10.6). With the conv D alone as well (the default before that): 0.46 and 0.49,
-    Fréchet 9.4 and 10.4, 41% and 42%, strokes as smooth, more malformed digits; at 100 and
-    150 epochs (seed 0) 0.43, 0.45 and Fréchet 10.6, 10.0. Without dropout (conv D alone,
-    150 epochs) the conv D learns the 4,000 training images' strokes and the generator
-    settles early: 0.32 and 13.2 at 150 epochs, flat from epoch 50 (seed 1: 0.33 and 14.3).
+    epoch 150 (seed 1: 0.59, 0.69, 0.68, 0.72 and 3.7, 1.6, 1.5, 1.38 at 50, 100, 125, 200; seed
+    2: 0.65, 0.67, 0.69, 0.69 and 3.6, 1.24, 1.18, 1.12 at 50, 125, 150, 200). The narrow G
+    (``g_wide=False``: the Linear straight to 128 maps, 0.44x G's weights; the default before)
+    with the same D: 0.55 and 0.53, Fréchet 3.4 and 5.2, 48% and 46%, about two digits in three
+    readable, and behind from the start (seed 0 at 50 epochs: 0.35 and 10.6). With the conv D
+    alone as well (the default before that): 0.46 and 0.49, Fréchet 9.4 and 10.4, 41% and 42%,
+    strokes as smooth, more malformed digits; at 100 and 150 epochs (seed 0) 0.43, 0.45 and
+    Fréchet 10.6, 10.0. Without dropout (conv D alone, 150 epochs) the conv D learns the 4,000
+    training images' strokes and the generator settles early: 0.32 and 13.2 at 150 epochs, flat
+    from epoch 50 (seed 1: 0.33 and 14.3).
 
     Its cost, interleaved on one thread: a training step of the wide G costs 1.34x the
     narrow G's (235 against 175 ms per batch of 64, both with the pair; the pair costs 1.15x
-    the conv D alone), 55-56 minutes for the 200 epochs on one core, about 8x the MLP GAN's
-    time per epoch. At evaluation D is not used, but G is, at every AIS step: a value and
+    the conv D alone), 54-56 minutes for the 200 epochs on one core (three runs), about 8x the
+    MLP GAN's time per epoch. At evaluation D is not used, but G is, at every AIS step: a value and
     gradient of the wide G on 800 latents takes 1.95x the narrow G's and 54x the MLP GAN's
     (887, 499 and 18 ms), so the quickstart keeps the MLP GAN.
 

@@ -9,9 +9,8 @@ generator is" (the lecture). Architectures: ``"mlp"`` (any data; the generator's
 al. 2016, scaled down for 28x28: Linear -> 2c x H/4 x W/4 -> two stride-2 transposed
 convolutions with batch norm in G, or with ``g_wide`` Linear -> 4c x H/4 x W/4 -> a stride-1
 3x3 transposed convolution to 2c before them; two stride-2 convolutions with leaky ReLU and
-dropout in D,
-and with ``d_mlp_branch`` an MLP D on the whole image beside it, spectrally normalised, the two
-logits summed: the conv D judges strokes, the MLP the digit's shape).
+dropout in D, and with ``d_mlp_branch`` an MLP D on the whole image beside it, spectrally
+normalised, the two logits summed: the conv D judges strokes, the MLP the digit's shape).
 The output activation is ``"sigmoid"`` for grey images in [0, 1] and ``"identity"`` for real
 data. The "sigmoid" output is computed as :math:`(1 + \tanh a) / 2 = \sigma(2a)` and the
 discriminator sees :math:`2x - 1`: the usual tanh GAN on data in [-1, 1] (Radford et al. 2016),

@@ -235,7 +235,7 @@ def test_dcgan_wide_generator_adds_a_stride_1_stage_and_old_generators_keep_thei
     assert 0 <= wide.generate(z).min() and wide.generate(z).max() <= 1
     assert [k for k in narrow.state_dict() if k.startswith("generator.")
             and k.endswith("weight")] == [f"generator.net.0.{i}.weight" for i in (0, 1, 4, 5, 7)]
-    # the discriminator is the same either way, drawn from the same random numbers after G
+    # the discriminator is built alike either way: its weights keep their names
     assert [k for k in wide.state_dict() if k.startswith("discriminator.")] == [
         k for k in narrow.state_dict() if k.startswith("discriminator.")]
     cfg = from_dict(GANConfig, json.loads(json.dumps(to_dict(wide.config))))

@@ -450,7 +450,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
             return {**images, "arch": "dcgan", "channels": 64, "spectral_norm": False,
                     "d_dropout": 0.3, "d_mlp_branch": (512, 256), "g_wide": True,
                     "epochs": 200}
-        return {**images, "spectral_norm": True, "lr_d": 6e-4, "epochs": 300}
+        return {**images, "spectral_norm": True, "lr_d": 6e-4, "g_batchnorm": True,
+                "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}
 

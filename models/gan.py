@@ -115,6 +115,9 @@ class GANConfig:
     # dcgan: a wider G, 4x channels at 7x7 and a stride-1 3x3 transposed convolution to 2x
     # before the upsampling ones; False: the Linear straight to 2x (every DCGAN before it)
     g_wide: bool = False
+    # mlp: batch norm after each hidden layer of G, before its activation (as in the DCGAN's
+    # G); False: G as every MLP GAN saved before it
+    g_batchnorm: bool = False
     # dcgan: hidden sizes of an MLP discriminator beside the conv one, spectrally normalised,
     # the two logits summed; None: the conv D alone (every DCGAN saved before it existed)
     d_mlp_branch: tuple[int, ...] | None = None
@@ -134,12 +137,15 @@ class GANConfig:
                 raise ValueError(f"unknown {field} {value!r}; known: {', '.join(known)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
-        for field in ("spectral_norm", "g_wide"):
+        for field in ("spectral_norm", "g_wide", "g_batchnorm"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field} must be true or false, got {getattr(self, field)!r}")
         if self.g_wide and self.arch != "dcgan":
             raise ValueError("g_wide applies to arch='dcgan' only (the MLP GAN's G is sized by "
                              "hidden)")
+        if self.g_batchnorm and self.arch != "mlp":
+            raise ValueError("g_batchnorm applies to arch='mlp' only (the DCGAN's G has batch "
+                             "norm already)")
         if not 0 <= self.d_dropout < 1:
             raise ValueError(f"d_dropout must lie in [0, 1), got {self.d_dropout}")
         for field in ("data_loc", "data_scale"):
@@ -198,10 +204,11 @@ def _activation(name: str) -> nn.Module:
     return nn.LeakyReLU(0.2) if name == "leaky_relu" else activation(name)
 
 
-def _mlp(sizes: list[int], act: str, dropout: float = 0.0) -> nn.Sequential:
+def _mlp(sizes: list[int], act: str, dropout: float = 0.0,
+         batchnorm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-2], sizes[1:-1]):
-        layers += [nn.Linear(a, b), _activation(act)]
+        layers += [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), _activation(act)]
         if dropout:
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
@@ -288,7 +295,8 @@ class GAN(nn.Module):
         self.data_dim, self.latent_dim = c.data_dim, c.latent_dim
         mlp = None  # dcgan: the MLP branch of D, if any
         if c.arch == "mlp":
-            g = _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation)
+            g = _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation,
+                     batchnorm=c.g_batchnorm)
             d_hidden = c.d_hidden if c.d_hidden is not None else tuple(reversed(c.hidden))
             d = _mlp([c.data_dim, *d_hidden, 1], c.d_activation, c.d_dropout)
         else:

@@ -248,6 +248,46 @@ def test_dcgan_wide_generator_adds_a_stride_1_stage_and_old_generators_keep_thei
         GANConfig(**kw, g_wide=1)
 
 
+def test_mlp_generator_batchnorm_after_each_hidden_layer_and_old_generators_keep_their_names():
+    """g_batchnorm: batch norm between each hidden Linear of the MLP GAN's G and its activation,
+    the Linears drawn as without it; in eval mode G(z) of one row does not depend on the batch;
+    without it G is built and named as every MLP GAN before it; the DCGAN refuses it."""
+    from pgm.config import from_dict, to_dict
+
+    kw = dict(data_dim=64, latent_dim=4, hidden=(8, 16), image_shape=(8, 8), ema=0.9)
+    torch.manual_seed(0)
+    bn = GAN(**kw, g_batchnorm=True)
+    torch.manual_seed(0)
+    plain = GAN(**kw)
+    kinds = [type(m).__name__ for m in bn.generator.net[0]]
+    assert kinds == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear", "BatchNorm1d", "LeakyReLU",
+                     "Linear"]
+    assert [m.num_features for m in bn.generator.modules()
+            if isinstance(m, nn.BatchNorm1d)] == [8, 16]
+    linears = [[m.weight for m in g.generator.modules() if isinstance(m, nn.Linear)]
+               for g in (bn, plain)]
+    assert all(torch.equal(a, b) for a, b in zip(*linears))
+    assert [k for k in plain.state_dict() if k.startswith("generator.")
+            and k.endswith("weight")] == [f"generator.net.0.{i}.weight" for i in (0, 2, 4)]
+    # the average follows the batch statistics too
+    bn.train().generate(torch.randn(32, 4))
+    bn.update_ema()
+    mean = bn.generator.net[0][1].running_mean
+    torch.testing.assert_close(bn.generator_ema.net[0][1].running_mean, 0.1 * mean)
+    z = torch.randn(5, 4)
+    x = bn.eval().generate(z)
+    assert x.shape == (5, 64) and 0 <= x.min() and x.max() <= 1
+    torch.testing.assert_close(bn.generate(z[:2]), x[:2])
+    cfg = from_dict(GANConfig, json.loads(json.dumps(to_dict(bn.config))))
+    assert cfg == bn.config and cfg.g_batchnorm is True
+    assert from_dict(GANConfig, {k: v for k, v in to_dict(plain.config).items()
+                                 if k != "g_batchnorm"}).g_batchnorm is False
+    with pytest.raises(ValueError, match="g_batchnorm applies to arch='mlp' only"):
+        GANConfig(data_dim=64, arch="dcgan", image_shape=(8, 8), g_batchnorm=True)
+    with pytest.raises(ValueError, match="g_batchnorm must be true or false"):
+        GANConfig(**kw, g_batchnorm=1)
+
+
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():
     torch.manual_seed(0)
     gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")
@@ -456,6 +496,25 @@ def test_a_dcgan_saved_before_the_mlp_branch_and_wide_g_resumes_and_loads_as_it_
     assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 
+def test_an_mlp_gan_saved_before_g_batchnorm_resumes_and_loads_without_it(tmp_path):
+    """A run written before ``g_batchnorm`` existed (no such key in its config.json) resumes
+    with its own generator, not today's default, and loads as saved."""
+    from pgm.cli import main
+
+    run = tmp_path / "old"
+    train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, hidden=(16,),
+              g_batchnorm=False, progress=False)
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["model_config"]["g_batchnorm"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
+                 "--no-progress"]) == 0
+    gan = pgm.load_run(run).model
+    assert not gan.config.g_batchnorm
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in gan.generator.modules())
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
+
+
 def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     """`pgm train gan --arch conv` trains the DCGAN with gan_settings_for's DCGAN defaults; a
     resume keeps the run's architecture, and another architecture is refused."""
@@ -483,6 +542,7 @@ def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     assert main(["train", "gan", "--data", "digits", "--epochs", "1", "--out", str(mlp),
                  "--no-progress"]) == 0
     before = io.read_config(mlp)
+    assert before["model_config"]["g_batchnorm"] is True  # the MLP GAN's own default
     assert main(["train", "gan", "--out", str(mlp), "--resume", "--arch", "conv", "--epochs",
                  "2", "--no-progress"]) == 2
     assert io.read_config(mlp) == before

@@ -40,10 +40,10 @@ SIZES = ("default", "small")
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
 #: "default" takes about three minutes on 2 CPU cores (3.2 measured, 0.9 of them the five
 #: evaluations, 1.7 the GAN's training); "small" is for tests and smoke runs. The GAN trains
-#: 100 of `pgm train gan`'s 300 epochs: the other 200 would add about four minutes (on mnist5k, with batch norm in G,
-#: they took the class ratio from 0.65 and 0.63 to 0.67 and 0.75, seeds 0 and 1, the Fréchet
-#: distance from 3.4 and 2.7 to 1.06 and 1.01, and about half the digits readable against
-#: fewer; the strokes stay speckled).
+#: 100 of `pgm train gan`'s 300 epochs: the other 200 would add about four minutes (on
+#: mnist5k, with batch norm in G, they took the class ratio from 0.65 and 0.63 to 0.67 and
+#: 0.75, seeds 0 and 1, the Fréchet distance from 3.4 and 2.7 to 1.06 and 1.01, and about
+#: half the digits readable against fewer; the strokes stay speckled).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
 #: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the

@@ -119,6 +119,10 @@ class GANConfig:
     # mlp: batch norm after each hidden layer of G, before its activation (as in the DCGAN's
     # G); False: G as every MLP GAN saved before it
     g_batchnorm: bool = False
+    # mlp on images: G's last Linear draws the image's pre-activation at 1/g_upsample of its
+    # sides, upsampled bilinearly to full size before the output activation; 1: every pixel
+    # on its own (every MLP GAN saved before it)
+    g_upsample: int = 1
     # dcgan: hidden sizes of an MLP discriminator beside the conv one, spectrally normalised,
     # the two logits summed; None: the conv D alone (every DCGAN saved before it existed)
     d_mlp_branch: tuple[int, ...] | None = None
@@ -144,6 +148,16 @@ class GANConfig:
         if self.g_wide and self.arch != "dcgan":
             raise ValueError("g_wide applies to arch='dcgan' only (the MLP GAN's G is sized by "
                              "hidden)")
+        if isinstance(self.g_upsample, bool) or not isinstance(self.g_upsample, int) \
+                or self.g_upsample < 1:
+            raise ValueError(f"g_upsample must be a positive integer, got {self.g_upsample!r}")
+        if self.g_upsample > 1:
+            if self.arch != "mlp" or self.image_shape is None:
+                raise ValueError("g_upsample applies to arch='mlp' on images only (needs "
+                                 "image_shape)")
+            if any(side % self.g_upsample for side in self.image_shape):
+                raise ValueError(f"g_upsample {self.g_upsample} must divide the image sides "
+                                 f"{tuple(self.image_shape)}")
         if self.g_batchnorm and self.arch != "mlp":
             raise ValueError("g_batchnorm applies to arch='mlp' only (the DCGAN's G has batch "
                              "norm already)")
@@ -214,6 +228,23 @@ def _mlp(sizes: list[int], act: str, dropout: float = 0.0,
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
+
+
+def _mlp_generator(c: GANConfig) -> nn.Module:
+    """The MLP GAN's G; with ``g_upsample`` f > 1 its last Linear gives H/f x W/f values,
+    upsampled bilinearly by f (a fixed linear map: each pixel a weighted mean of its
+    neighbours at the coarse grid), so neighbouring pixels share their pre-activation."""
+    f = c.g_upsample
+    if f == 1:
+        return _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation,
+                    batchnorm=c.g_batchnorm)
+    h, w = c.image_shape
+    return nn.Sequential(
+        *_mlp([c.latent_dim, *c.hidden, (h // f) * (w // f)], c.activation,
+              batchnorm=c.g_batchnorm),
+        nn.Unflatten(1, (1, h // f, w // f)),
+        nn.Upsample(scale_factor=f, mode="bilinear", align_corners=False),
+        nn.Flatten())
 
 
 def _dcgan_generator(c: GANConfig) -> nn.Module:
@@ -296,8 +327,7 @@ class GAN(nn.Module):
         self.data_dim, self.latent_dim = c.data_dim, c.latent_dim
         mlp = None  # dcgan: the MLP branch of D, if any
         if c.arch == "mlp":
-            g = _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation,
-                     batchnorm=c.g_batchnorm)
+            g = _mlp_generator(c)
             d_hidden = c.d_hidden if c.d_hidden is not None else tuple(reversed(c.hidden))
             d = _mlp([c.data_dim, *d_hidden, 1], c.d_activation, c.d_dropout)
         else:

@@ -288,6 +288,44 @@ def test_mlp_generator_batchnorm_after_each_hidden_layer_and_old_generators_keep
         GANConfig(**kw, g_batchnorm=1)
 
 
+def test_mlp_generator_upsampling_draws_a_coarse_image_and_interpolates_it():
+    """g_upsample f: G's last Linear gives (H/f) x (W/f) pre-activations, bilinearly upsampled
+    to H x W before the output activation; differentiable twice (the Laplace proposal's
+    Hessian); refused where it cannot apply; a config without the key is f = 1."""
+    import torch.nn.functional as F
+
+    from pgm.config import from_dict, to_dict
+
+    kw = dict(data_dim=64, latent_dim=4, hidden=(8,), image_shape=(8, 8), g_batchnorm=True)
+    up = GAN(**kw, g_upsample=2).eval()
+    net = up.generator.net[0]
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [8, 16]
+    z = torch.randn(5, 4, requires_grad=True)
+    coarse = net[:4](z).view(5, 1, 4, 4)  # the Linear's 4 x 4 pre-activations
+    want = (1 + torch.tanh(F.interpolate(coarse, scale_factor=2, mode="bilinear"))) / 2
+    x = up.generate(z)
+    torch.testing.assert_close(x, want.view(5, 64))
+    assert 0 <= x.min() and x.max() <= 1
+    (g,) = torch.autograd.grad(x.square().sum(), z, create_graph=True)
+    (h,) = torch.autograd.grad(g[:, 0].sum(), z)
+    assert torch.isfinite(h).all() and h.abs().sum() > 0
+    cfg = from_dict(GANConfig, json.loads(json.dumps(to_dict(up.config))))
+    assert cfg == up.config and cfg.g_upsample == 2
+    assert from_dict(GANConfig, {k: v for k, v in to_dict(up.config).items()
+                                 if k != "g_upsample"}).g_upsample == 1
+    assert [m.out_features for m in GAN(**kw).generator.modules()
+            if isinstance(m, nn.Linear)] == [8, 64]
+    with pytest.raises(ValueError, match="must divide the image sides"):
+        GANConfig(**kw, g_upsample=3)
+    with pytest.raises(ValueError, match="arch='mlp' on images only"):
+        GANConfig(data_dim=64, g_upsample=2)
+    with pytest.raises(ValueError, match="arch='mlp' on images only"):
+        GANConfig(data_dim=64, arch="dcgan", image_shape=(8, 8), g_upsample=2)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="g_upsample must be a positive integer"):
+            GANConfig(**kw, g_upsample=bad)
+
+
 def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing():
     torch.manual_seed(0)
     gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")
@@ -496,22 +534,23 @@ def test_a_dcgan_saved_before_the_mlp_branch_and_wide_g_resumes_and_loads_as_it_
     assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 
-def test_an_mlp_gan_saved_before_g_batchnorm_resumes_and_loads_without_it(tmp_path):
-    """A run written before ``g_batchnorm`` existed (no such key in its config.json) resumes
-    with its own generator, not today's default, and loads as saved."""
+def test_an_mlp_gan_saved_before_g_batchnorm_and_g_upsample_resumes_and_loads_as_it_was(
+        tmp_path):
+    """A run written before ``g_batchnorm`` and ``g_upsample`` existed (no such keys in its
+    config.json) resumes with its own generator, not today's defaults, and loads as saved."""
     from pgm.cli import main
 
     run = tmp_path / "old"
     train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, hidden=(16,),
-              g_batchnorm=False, progress=False)
+              g_batchnorm=False, g_upsample=1, progress=False)
     cfg = json.loads((run / "config.json").read_text())
-    del cfg["model_config"]["g_batchnorm"]
+    del cfg["model_config"]["g_batchnorm"], cfg["model_config"]["g_upsample"]
     (run / "config.json").write_text(json.dumps(cfg))
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
                  "--no-progress"]) == 0
     gan = pgm.load_run(run).model
-    assert not gan.config.g_batchnorm
-    assert not any(isinstance(m, nn.BatchNorm1d) for m in gan.generator.modules())
+    assert not gan.config.g_batchnorm and gan.config.g_upsample == 1
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.Upsample)) for m in gan.generator.modules())
     assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 
@@ -542,7 +581,8 @@ def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):
     assert main(["train", "gan", "--data", "digits", "--epochs", "1", "--out", str(mlp),
                  "--no-progress"]) == 0
     before = io.read_config(mlp)
-    assert before["model_config"]["g_batchnorm"] is True  # the MLP GAN's own default
+    assert before["model_config"]["g_batchnorm"] is True  # the MLP GAN's own defaults
+    assert before["model_config"]["g_upsample"] == 2
     assert main(["train", "gan", "--out", str(mlp), "--resume", "--arch", "conv", "--epochs",
                  "2", "--no-progress"]) == 2
     assert io.read_config(mlp) == before

@@ -363,8 +363,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     smoothing 0.1, a linearly decaying lr (on mnist5k these kept the samples varied where a
     plain sigmoid/uncentred setting collapsed to one image; see :mod:`pgm.models.gan`), an
     averaged generator (``ema`` 0.999), **spectral normalisation in D**, **two
-    time-scales** (lr 2e-4 for G, 6e-4 for D) and **batch norm in G** (``g_batchnorm``),
-    300 epochs.
+    time-scales** (lr 2e-4 for G, 6e-4 for D), **batch norm in G** (``g_batchnorm``) and
+    **G drawing at half resolution** (``g_upsample`` 2), 300 epochs.
 
     Measured on mnist5k (seed 0, 100 epochs; :mod:`pgm.mode_coverage`: the class histogram of
     10,000 samples under the feature classifier, rarest/most common class, test set 0.79;
@@ -381,25 +381,33 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     one thread) and costs nothing at evaluation: G is unchanged, so an AIS step costs what it
     did.
 
-    **Batch norm after each hidden layer of G** (``g_batchnorm``, the default since; seeds 0
-    and 1, with the 10,000 samples' share the classifier labels with p ≥ 0.9, test images
-    78%): at 100 epochs (the quickstart's) classes 0.65 and 0.63 against 0.42 and 0.41,
-    Fréchet 3.4 and 2.7 against 12.4 and 18.7, 40% and 42% surely labelled against 43% and
-    39%; at 300 epochs 0.67 and 0.75 against 0.82 and 0.65, Fréchet 1.06 and 1.01 against
-    3.4 and 7.2, 52% and 53% against 48% (seed 0). By eye at 300 epochs about half the digits
-    are readable against about a third without it, fewer blots, the strokes still speckled
-    and often broken. An epoch costs the same; in eval mode the norm is a fixed affine map,
-    and a value and gradient of G on 800 latents (an AIS step's generator work) takes 0.95-1.17x
-    as long (19-22 against 17-20 ms; three interleaved runs, one thread; the wide DCGAN's G:
-    53x). Tried and not kept (seed 0, 100
-    epochs, with batch norm in G): the two-view D of the DCGAN (a 32-channel conv D beside
-    the MLP D; 3.2x the time per epoch) and the conv D alone both dropped digits (classes
-    0.00 and 0.01 at 75 epochs, mostly ones, sevens and nines, though with smooth strokes);
-    G's last layer at 14x14 upsampled bilinearly to 28x28 before the tanh (0.66, Fréchet
-    1.35, 44%: the speckle gone, the strokes as broken). Small DCGANs for the quickstart's
-    budget (the wide G and two-view D with 16 or 32 channels, 2.4x and 5x the MLP GAN's
-    time per epoch): 16 channels at 100 epochs 0.48, Fréchet 4.6, 37%; 32 channels stopped
-    at 50 (0.58, 4.4, 39%); both grids as blotted as the MLP GAN's.
+    **Batch norm after each hidden layer of G** (``g_batchnorm``) **and a G that draws at half
+    resolution** (``g_upsample`` 2: its last Linear gives 14x14 pre-activations, upsampled
+    bilinearly to 28x28 before the tanh, so neighbouring pixels share them and no pixel is
+    drawn on its own), the defaults since. Seeds 0 and 1, 300 epochs: classes 0.69 and 0.65,
+    Fréchet 0.57 and 1.10, 56% of the samples labelled with p ≥ 0.9 in each (the DCGAN's
+    share; test images 78%), smooth strokes without speckle, about two digits in three
+    readable; the seed-0 run built its G by swapping the last Linear after the fact, so its
+    initial weights differ from the library's construction (seed 1 is the library's own).
+    Without either: 0.82 and 0.65, Fréchet 3.4 and 7.2, 48% (seed 0), speckled and often
+    blotted strokes, about a third readable. Batch norm alone: 0.67 and 0.75, Fréchet 1.06
+    and 1.01, 52% and 53%, fewer blots, about half readable, still speckled. Over training
+    (seed 1): 0.74, 0.64, 0.65 and Fréchet 1.34, 1.15, 1.10 at epochs 100, 200, 300 (54%
+    surely labelled at 200). Shorter schedules (the lr decays to 0 at the last epoch; seed
+    0): 100 epochs 0.64, Fréchet 1.66, 44%, the strokes smooth but often broken (batch norm
+    alone: 0.65 and 0.63, Fréchet 3.4 and 2.7, 40% and 42%; neither: 0.42 and 0.41, 12.4
+    and 18.7, 43% and 39%); 200 epochs 0.67, Fréchet 1.0, 51%, about half readable (the
+    quickstart's). A training step costs the same (0.97x the plain G's, six interleaved runs of
+    20 steps, one thread). At evaluation the batch norm is a fixed affine map; a value and
+    gradient of G on 800 latents (an AIS step's generator work) takes 1.28x the plain G's
+    (23.0 and 23.6 against 17.9 and 18.5 ms; two runs of 40 interleaved steps, one thread;
+    batch norm alone 1.10x), about 40x less than the wide DCGAN's G. Tried and not kept (seed
+    0, 100 epochs, batch norm in G): the two-view D of the DCGAN (a 32-channel conv D beside
+    the MLP D; 3.2x the time per epoch) and the conv D alone both dropped digits (classes 0.00
+    and 0.01 at 75 epochs, mostly ones, sevens and nines, with smooth strokes). Small DCGANs
+    for the quickstart's budget (the wide G and two-view D with 16 or 32 channels, 2.4x and
+    5x the MLP GAN's time per epoch): 16 channels at 100 epochs 0.48, Fréchet 4.6, 37%; 32
+    channels stopped at 50 (0.58, 4.4, 39%); both grids as blotted as the MLP GAN's.
 
     **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): **a wide generator**
     (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128, then

@@ -6,7 +6,8 @@ N(0, I), or ``"uniform"``: U(-1, 1)^L as in the paper's toy) and a discriminator
 by the two-player game of :mod:`pgm.inference.adversarial`, and "no loss tells you how good the
 generator is" (the lecture). Architectures: ``"mlp"`` (any data; the generator's hidden sizes
 ``hidden``, the discriminator's ``d_hidden``, default the reverse; with ``g_batchnorm`` batch
-norm after each hidden layer of G) and ``"dcgan"`` (Radford et
+norm after each hidden layer of G, with ``g_upsample`` f its last layer at 1/f of the image's
+sides, upsampled bilinearly) and ``"dcgan"`` (Radford et
 al. 2016, scaled down for 28x28: Linear -> 2c x H/4 x W/4 -> two stride-2 transposed
 convolutions with batch norm in G, or with ``g_wide`` Linear -> 4c x H/4 x W/4 -> a stride-1
 3x3 transposed convolution to 2c before them; two stride-2 convolutions with leaky ReLU and

@@ -38,12 +38,13 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about five minutes on 2 CPU cores (MEASURED); "small" is for tests and
-#: smoke runs. The GAN trains 200 of `pgm train gan`'s 300 epochs (seed 0, with batch norm in
-#: G and its half-resolution output: classes 0.67, Fréchet 1.0, 51% of the samples labelled
-#: with p >= 0.9, about half the digits readable; 100 epochs, 1.7 minutes less: 0.64, 1.66,
-#: 44%, the strokes often broken; all 300, about 1.7 minutes more: 0.69 and 0.65 over seeds 0
-#: and 1, 56%, two digits in three readable).
+#: "default" takes about five minutes on 2 CPU cores (4.4 measured, 0.7 of them the five
+#: evaluations, 3.2 the GAN's training); "small" is for tests and smoke runs. The GAN trains
+#: 200 of `pgm train gan`'s 300 epochs (seed 0, with batch norm in G and its half-resolution
+#: output: classes 0.71, Fréchet 1.09, 52% of the samples labelled with p >= 0.9, about half
+#: the digits readable; 100 epochs, 1.5 minutes less: 0.64, 1.66, 44%, the strokes often
+#: broken; all 300, about 1.5 minutes more: 0.69 and 0.65 over seeds 0 and 1, 56%, two digits
+#: in three readable).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
 #: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the

@@ -515,43 +515,41 @@ def test_image_gan_trains_and_draws(tmp_path):
     assert (tmp_path / "img/cache/frechet_classifier.safetensors").is_file()  # for evaluate
 
 
-def test_a_dcgan_saved_before_the_mlp_branch_and_wide_g_resumes_and_loads_as_it_was(tmp_path):
-    """A run written before ``d_mlp_branch`` and ``g_wide`` existed (no such keys in its
-    config.json) resumes with its own networks, not today's defaults, and loads as saved."""
+def _resumed_old_run(tmp_path, missing: tuple[str, ...], **settings):
+    """A 1-epoch run whose config.json lacks ``missing`` (written before those fields
+    existed), resumed through the CLI to 2 epochs; its model as loaded."""
     from pgm.cli import main
 
     run = tmp_path / "old"
-    train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, arch="dcgan",
-              d_mlp_branch=None, g_wide=False, progress=False)
+    train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, progress=False,
+              **settings)
     cfg = json.loads((run / "config.json").read_text())
-    del cfg["model_config"]["d_mlp_branch"], cfg["model_config"]["g_wide"]
+    for key in missing:
+        del cfg["model_config"][key]
     (run / "config.json").write_text(json.dumps(cfg))
     assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
                  "--no-progress"]) == 0
-    gan = pgm.load_run(run).model
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
+    return pgm.load_run(run).model
+
+
+def test_a_dcgan_saved_before_the_mlp_branch_and_wide_g_resumes_and_loads_as_it_was(tmp_path):
+    """A run written before ``d_mlp_branch`` and ``g_wide`` existed (no such keys in its
+    config.json) resumes with its own networks, not today's defaults, and loads as saved."""
+    gan = _resumed_old_run(tmp_path, ("d_mlp_branch", "g_wide"), arch="dcgan",
+                           d_mlp_branch=None, g_wide=False)
     assert gan.config.d_mlp_branch is None and not hasattr(gan.discriminator.net[1], "mlp")
     assert not gan.config.g_wide and gan.generator.net[0][0].out_features == 2 * 64 * 2 * 2
-    assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 
 def test_an_mlp_gan_saved_before_g_batchnorm_and_g_upsample_resumes_and_loads_as_it_was(
         tmp_path):
     """A run written before ``g_batchnorm`` and ``g_upsample`` existed (no such keys in its
     config.json) resumes with its own generator, not today's defaults, and loads as saved."""
-    from pgm.cli import main
-
-    run = tmp_path / "old"
-    train_gan(pgm.load_dataset("digits", binarize="none"), run, epochs=1, hidden=(16,),
-              g_batchnorm=False, g_upsample=1, progress=False)
-    cfg = json.loads((run / "config.json").read_text())
-    del cfg["model_config"]["g_batchnorm"], cfg["model_config"]["g_upsample"]
-    (run / "config.json").write_text(json.dumps(cfg))
-    assert main(["train", "gan", "--out", str(run), "--resume", "--epochs", "2",
-                 "--no-progress"]) == 0
-    gan = pgm.load_run(run).model
+    gan = _resumed_old_run(tmp_path, ("g_batchnorm", "g_upsample"), hidden=(16,),
+                           g_batchnorm=False, g_upsample=1)
     assert not gan.config.g_batchnorm and gan.config.g_upsample == 1
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.Upsample)) for m in gan.generator.modules())
-    assert len((run / "history.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 
 def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):

@@ -235,17 +235,15 @@ def _mlp_generator(c: GANConfig) -> nn.Module:
     """The MLP GAN's G; with ``g_upsample`` f > 1 its last Linear gives H/f x W/f values,
     upsampled bilinearly by f (a fixed linear map: each pixel a weighted mean of its
     neighbours at the coarse grid), so neighbouring pixels share their pre-activation."""
-    f = c.g_upsample
+    f = c.g_upsample  # divides both sides (GANConfig checks), so H/f x W/f = data_dim / f^2
+    g = _mlp([c.latent_dim, *c.hidden, c.data_dim // f ** 2], c.activation,
+             batchnorm=c.g_batchnorm)
     if f == 1:
-        return _mlp([c.latent_dim, *c.hidden, c.data_dim], c.activation,
-                    batchnorm=c.g_batchnorm)
+        return g
     h, w = c.image_shape
-    return nn.Sequential(
-        *_mlp([c.latent_dim, *c.hidden, (h // f) * (w // f)], c.activation,
-              batchnorm=c.g_batchnorm),
-        nn.Unflatten(1, (1, h // f, w // f)),
-        nn.Upsample(scale_factor=f, mode="bilinear", align_corners=False),
-        nn.Flatten())
+    return nn.Sequential(*g, nn.Unflatten(1, (1, h // f, w // f)),
+                         nn.Upsample(scale_factor=f, mode="bilinear", align_corners=False),
+                         nn.Flatten())
 
 
 def _dcgan_generator(c: GANConfig) -> nn.Module:

@@ -9,8 +9,10 @@ chose it), AIS at each setting is compared image by image with a long reference 
     python bench/ais_settings.py runs/quickstart/gan --sigma 0.212 --initial laplace
 
 ``--initial laplace`` starts from :func:`pgm.inference.laplace.laplace_proposal` (its fit is
-timed once and printed; every setting shares it). ``--reference`` chooses where the
-reference run starts (default: where the settings start), so that starts can be compared
+timed once and printed; every setting shares it) and, as ``pgm evaluate`` does, runs HMC with
+its heaviest Gaussians' covariances as the mass matrices (``--mass identity``: without;
+``--reference-mass``: the reference run's choice, default the same). ``--reference`` chooses
+where the reference run starts (default: where the settings start), so that starts can be compared
 against one reference.
 
 ``work`` is T (L + 1) (C + P): gradient evaluations per datapoint of a step that evaluates
@@ -31,7 +33,7 @@ import torch
 import pgm
 from pgm.inference.adapter import latent_callables
 from pgm.inference.ais import ais
-from pgm.inference.laplace import AIS_DEFENSIVE
+from pgm.inference.laplace import AIS_DEFENSIVE, fit_laplace, laplace_proposal
 from pgm.inference.schedules import sigmoid_schedule
 from pgm.models.explicit import explicit_view
 
@@ -55,6 +57,11 @@ def main():
                         "them when the file exists")
     p.add_argument("--settings", default=None,
                    help="T,C,P,L;T,C,P,L;... instead of the built-in list")
+    p.add_argument("--mass", choices=("laplace", "identity"), default="laplace",
+                   help="from Laplace: HMC's mass matrices (default: pgm evaluate's)")
+    p.add_argument("--reference-mass", choices=("laplace", "identity"), default=None)
+    p.add_argument("--reference-setting", default=None,
+                   help="T,C,P,L of the reference run (default: 1000,4,4,10)")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -68,14 +75,13 @@ def main():
     x = data.x_test[:args.n]
     y = data.y_test[:args.n] if getattr(model, "conditional", False) else None
     f = latent_callables(view, y)
-    starts = {"q": (f, "q"), "prior": (f, "prior")}
+    starts = {"q": (f, "q", None), "prior": (f, "prior", None)}
     if "laplace" in (args.initial, args.reference):
-        from pgm.inference.laplace import laplace_proposal
-
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        starts["laplace"] = (laplace_proposal(f, x, defensive=args.defensive,
-                                              modes=args.modes), "q")
+        fit = fit_laplace(f, x, modes=args.modes)
+        starts["laplace"] = (laplace_proposal(f, x, defensive=args.defensive, fitted=fit), "q",
+                             fit.inverse_mass_sqrt())
         print(f"Laplace proposal fitted in {time.perf_counter() - t0:.1f} s")
     settings = SETTINGS if args.settings is None else [
         tuple(int(v) for v in item.split(",")) for item in args.settings.split(";")]
@@ -86,15 +92,20 @@ def main():
         print(f"reference from {args.reference_file}: mean {ref.mean().item():.3f}")
     print(f"{'T':>5s} {'C':>2s} {'P':>2s} {'L':>3s} {'work':>7s} {'mean':>10s} "
           f"{'minus reference':>18s} {'seconds':>8s}")
-    for i, (T, C, P, L) in enumerate([REFERENCE, *settings]):
+    reference = REFERENCE if args.reference_setting is None else tuple(
+        int(v) for v in args.reference_setting.split(","))
+    for i, (T, C, P, L) in enumerate([reference, *settings]):
         if i == 0 and ref is not None:
             continue
-        g, initial = starts[args.reference or args.initial] if i == 0 else starts[args.initial]
+        g, initial, mass = starts[args.reference or args.initial] if i == 0 \
+            else starts[args.initial]
+        if (args.reference_mass or args.mass if i == 0 else args.mass) == "identity":
+            mass = None
         gen = torch.Generator().manual_seed(1)
         torch.manual_seed(0)
         t0 = time.perf_counter()
         r = ais(g, x, schedule=sigmoid_schedule(T), num_chains=C, pilot_chains=P,
-                num_leapfrog=L, initial=initial, generator=gen)
+                num_leapfrog=L, initial=initial, generator=gen, inverse_mass_sqrt=mass)
         seconds = time.perf_counter() - t0
         if ref is None:
             ref = r.per_datapoint

@@ -1,7 +1,7 @@
 r"""Hamiltonian Monte Carlo, vectorised over any batch of independent chains.
 
 One HMC transition (Duane et al. 1987; Neal 2011, "MCMC using Hamiltonian dynamics",
-https://arxiv.org/abs/1206.1901) with identity mass matrix: draw a momentum
+https://arxiv.org/abs/1206.1901), with identity mass matrix by default: draw a momentum
 :math:`p \sim \mathcal{N}(0, I)`, run ``num_leapfrog`` leapfrog steps of size
 :math:`\epsilon` on :math:`H(z, p) = -\log \pi(z) + \tfrac12 \|p\|^2`, accept the end point
 with probability :math:`\min(1, \exp(H_0 - H_1))`. The kernel leaves :math:`\pi` invariant for
@@ -12,6 +12,15 @@ state and info; the loop belongs to the caller. Positions ``z`` have shape ``(..
 everything else has the batch shape ``(...)`` -- one log density, gradient and step size per
 chain. ``log_density_fn(z)`` must return shape ``(...)`` and treat chains independently
 (gradients come from ``torch.autograd.grad`` of the summed log density).
+
+**A mass matrix.** With ``inverse_mass_sqrt`` C (one ``(L, L)`` matrix per chain, or per
+group of chains, broadcast), the mass matrix is :math:`M = (C C^\top)^{-1}`: the momentum is
+kept as :math:`v = C^\top p \sim \mathcal N(0, I)`, the kinetic energy is
+:math:`\tfrac12 \|v\|^2`, and a leapfrog step moves :math:`v \mathrel{+}= \tfrac\epsilon2
+C^\top \nabla \log \pi(z)` and :math:`z \mathrel{+}= \epsilon\, C v`: HMC with identity
+mass in the coordinates :math:`u = C^{-1} z` (Neal 2011, sec. 4.1), which a target whose
+covariance is close to :math:`C C^\top` sees as isotropic. The kernel leaves :math:`\pi`
+invariant for every fixed C, as for every fixed step size.
 
 Step-size adaptation (:func:`adapt_step_size`) is the multiplicative rule of Wu et al.'s AIS
 code ("On the Quantitative Analysis of Decoder-Based Generative Models", 2017): multiply by
@@ -105,6 +114,7 @@ def hmc_step(
     divergence_threshold: float = 1000.0,
     value_and_grad_fn: Callable[[Tensor], tuple[Tensor, Tensor, tuple]] | None = None,
     grad_fn: Callable[[Tensor], Tensor] | None = None,
+    inverse_mass_sqrt: Tensor | None = None,
 ) -> tuple[HMCState, HMCInfo]:
     """One HMC transition for every chain; the step size is carried over unchanged.
 
@@ -114,6 +124,8 @@ def hmc_step(
     made of parts, as AIS's, whose parts at the new position ``aux`` keeps). ``grad_fn(z)``,
     if given, is the gradient alone, taken at the leapfrog steps whose log density is never
     used (all but the last): a cheaper route to it saves those steps the density's cost.
+    ``inverse_mass_sqrt``: C with :math:`M^{-1} = C C^\top`, shape ``(..., L, L)`` or one that
+    broadcasts to it (the module docstring); None: identity mass.
     """
     if isinstance(num_leapfrog, bool) or not isinstance(num_leapfrog, int) or num_leapfrog < 1:
         raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
@@ -122,20 +134,36 @@ def hmc_step(
             return (*value_and_grad(log_density_fn, z), ())
     z0 = state.z
     eps = state.step_size.unsqueeze(-1)  # (..., 1)
+    if inverse_mass_sqrt is None:
+        def scaled(v):  # C v and C^T g with C = I
+            return v
+        scaled_t = scaled
+    else:
+        c = inverse_mass_sqrt.to(dtype=z0.dtype, device=z0.device)
+        if c.shape[-2:] != (z0.shape[-1],) * 2:
+            raise ValueError(f"inverse_mass_sqrt must have shape (..., {z0.shape[-1]}, "
+                             f"{z0.shape[-1]}), got {tuple(c.shape)}")
+        # (einsum, not c @ v[..., None]: broadcasting c over the chains that way copies it per
+        # chain, 8x slower for 6 chains x 50 datapoints in 64 dimensions)
+        def scaled(v):
+            return torch.einsum("...ij,...j->...i", c, v)
+
+        def scaled_t(g):
+            return torch.einsum("...ji,...j->...i", c, g)
     p = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
     energy0 = -state.log_density + 0.5 * (p * p).sum(-1)  # (...)
 
     # Leapfrog: half momentum step, alternating full steps, half momentum step.
     z, grad = z0, state.grad
-    p = p + 0.5 * eps * grad
+    p = p + 0.5 * eps * scaled_t(grad)
     for i in range(num_leapfrog):
-        z = z + eps * p
+        z = z + eps * scaled(p)
         if i < num_leapfrog - 1:
             grad = value_and_grad_fn(z)[1] if grad_fn is None else grad_fn(z)
-            p = p + eps * grad
+            p = p + eps * scaled_t(grad)
         else:
             log_density, grad, aux = value_and_grad_fn(z)
-    p = p + 0.5 * eps * grad
+    p = p + 0.5 * eps * scaled_t(grad)
     energy1 = -log_density + 0.5 * (p * p).sum(-1)  # (...)
 
     delta = energy0 - energy1  # log acceptance ratio

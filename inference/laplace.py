@@ -76,6 +76,14 @@ class Laplace(NamedTuple):
         """The mixtures of datapoints ``rows``."""
         return Laplace(*(t[:, rows] for t in self))
 
+    def inverse_mass_sqrt(self) -> Tensor:
+        r"""``(B, L, L)``: per datapoint, :math:`C = V \mathrm{diag}(\lambda^{-1/2})` of its
+        heaviest Gaussian, so :math:`C C^\top = P^{-1}`, that Gaussian's covariance: an HMC
+        mass matrix :math:`M = P` for AIS (:func:`pgm.inference.ais.ais`)."""
+        best = self.log_weight.argmax(0)  # (B,)
+        rows = torch.arange(best.shape[0], device=best.device)
+        return self.vectors[best, rows] * self.precision[best, rows].rsqrt()[:, None, :]
+
     def sample(self, K: int) -> Tensor:
         """``(K, B, L)`` draws."""
         M, B, L = self.mean.shape

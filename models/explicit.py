@@ -184,15 +184,15 @@ def fit_sigma(model, x_valid: torch.Tensor, *, n: int = 20, K: int = 100, ais_st
                 yb = None if y is None else y[lo:lo + batch_size]
                 torch.manual_seed(seed * 1_000_003 + lo)
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + lo + 1)
-                f = latent_callables(view, yb)
+                f, mass = latent_callables(view, yb), None
                 if not guide:  # at this sigma's posterior modes, from the last sigma's
                     q = fit_laplace(f, xb, **({} if lo not in modes else
                                               {"init": modes[lo], **WARM_LAPLACE}))
-                    modes[lo] = q.mean
+                    modes[lo], mass = q.mean, q.inverse_mass_sqrt()
                     f = laplace_proposal(f, xb, defensive=AIS_DEFENSIVE, fitted=q)
                 est = ais(f, xb, schedule=sigmoid_schedule(ais_steps), num_chains=ais_chains,
                           pilot_chains=pilot_chains, num_leapfrog=num_leapfrog, initial="q",
-                          generator=gen)
+                          generator=gen, inverse_mass_sqrt=mass)
                 per.append(est.per_datapoint)
                 z = est.extra["z_final"].to(device)  # (C, b, L); with the weights: p(z|x)
                 w = torch.softmax(est.extra["log_weights"], dim=0).to(device)  # (C, b)

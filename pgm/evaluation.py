@@ -662,8 +662,8 @@ def measure(subject: Subject, cfg: EvalConfig, *, progress: Progress | None = No
     if hmc and n_ais > 0:
         initial = _initial(subject, cfg)
         if subject.labels is None:
-            estimators["ais"], _ = _ais(subject.bind, x[:n_ais], cfg, run, "ais",
-                                        initial=initial)
+            estimators["ais"], *_ = _ais(subject.bind, x[:n_ais], cfg, run, "ais",
+                                         initial=initial)
         else:
             estimators["ais"], estimators["ais" + GIVEN_SUFFIX] = _ais_labels(
                 subject.labels, x[:n_ais], cfg, run, initial=initial)
@@ -806,24 +806,28 @@ def _initial(subject: Subject, cfg: EvalConfig) -> str:
 
 
 def _proposal(f: LatentCallables, x: torch.Tensor, initial: str):
-    """``(callables, initial, seconds)`` for AIS on ``x``: for ``"laplace"``, ``f`` with
+    """``(callables, initial, seconds, mass)`` for AIS on ``x``: for ``"laplace"``, ``f`` with
     :func:`~pgm.inference.laplace.laplace_proposal` fitted to ``x`` as q(z|x), AIS's
-    ``initial`` ``"q"`` and the fit's seconds; else ``f`` and ``initial`` unchanged."""
+    ``initial`` ``"q"``, the fit's seconds and its heaviest Gaussians' covariances as AIS's
+    mass matrices (``inverse_mass_sqrt``, :meth:`~pgm.inference.laplace.Laplace.
+    inverse_mass_sqrt`); else ``f`` and ``initial`` unchanged, identity mass (None)."""
     if initial != "laplace":
-        return f, initial, 0.0
-    from pgm.inference.laplace import AIS_DEFENSIVE, laplace_proposal
+        return f, initial, 0.0, None
+    from pgm.inference.laplace import AIS_DEFENSIVE, fit_laplace, laplace_proposal
 
     t0 = time.perf_counter()
-    f = laplace_proposal(f, x, defensive=AIS_DEFENSIVE)
-    return f, "q", time.perf_counter() - t0
+    q = fit_laplace(f, x)
+    f = laplace_proposal(f, x, defensive=AIS_DEFENSIVE, fitted=q)
+    return f, "q", time.perf_counter() - t0, q.inverse_mass_sqrt()
 
 
 def _start(bind, x: torch.Tensor, initial: str):
     """``bind(lo, hi)`` with :func:`_proposal` applied to each batch, kept, so that BDMC's
-    reverse pass starts from its forward pass's p_0; AIS's ``initial``; and a batch's fitting
-    time ``seconds(lo, hi)``."""
+    reverse pass starts from its forward pass's p_0 and runs with its mass matrices; AIS's
+    ``initial``; a batch's fitting time ``seconds(lo, hi)``; its mass matrices
+    ``mass(lo, hi)`` (None: identity)."""
     if initial != "laplace":
-        return bind, initial, lambda lo, hi: 0.0
+        return bind, initial, lambda lo, hi: 0.0, lambda lo, hi: None
     fitted: dict = {}
 
     def bind_fitted(lo, hi):
@@ -831,21 +835,24 @@ def _start(bind, x: torch.Tensor, initial: str):
             fitted[(lo, hi)] = _proposal(bind(lo, hi), x[lo:hi], initial)
         return fitted[(lo, hi)][0]
 
-    return bind_fitted, "q", lambda lo, hi: fitted[(lo, hi)][2]
+    return (bind_fitted, "q", lambda lo, hi: fitted[(lo, hi)][2],
+            lambda lo, hi: fitted[(lo, hi)][3])
 
 
 def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *,
-         initial: str) -> tuple[Estimate, Callable]:
-    """AIS on ``x`` and the callables it ran on (``bind(lo, hi)``, with the proposal)."""
+         initial: str) -> tuple[Estimate, Callable, Callable]:
+    """AIS on ``x``, the callables it ran on (``bind(lo, hi)``, with the proposal) and their
+    mass matrices (``mass(lo, hi)``)."""
     from pgm.inference.ais import ais
 
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
-    bind, p0, fit_seconds = _start(bind, x, initial)
+    bind, p0, fit_seconds, mass = _start(bind, x, initial)
 
     def one(lo, hi, gen, tick):
-        est = ais(bind(lo, hi), x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
+        f = bind(lo, hi)  # (fits the proposal, if any: before mass(lo, hi))
+        est = ais(f, x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
                   pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
-                  initial=p0, generator=gen, progress=tick)
+                  initial=p0, generator=gen, progress=tick, inverse_mass_sqrt=mass(lo, hi))
         est.extra.pop("z_final", None)
         fit = fit_seconds(lo, hi)  # the proposal's fit counts in AIS's time
         est.extra.update(initial=initial, proposal_seconds=fit)
@@ -854,7 +861,7 @@ def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *
     parts = map_batches(one, len(x), stream=stream, stage=stage, **run)
     return concat_estimates(parts, extra={
         "schedule": cfg.ais_schedule,
-        "proposal_seconds": sum(p.extra["proposal_seconds"] for p in parts)}), bind
+        "proposal_seconds": sum(p.extra["proposal_seconds"] for p in parts)}), bind, mass
 
 
 def _ais_labels(labels: LabelSum, x, cfg: EvalConfig, run: dict, *,
@@ -870,10 +877,10 @@ def _ais_labels(labels: LabelSum, x, cfg: EvalConfig, run: dict, *,
     def one(lo, hi, gen, tick):
         c, i = labels.rows(lo, hi)
         f, xr = labels.bind(x[lo:hi], c, i)
-        f, p0, fit = _proposal(f, xr, initial)  # a proposal per (datapoint, label) row
+        f, p0, fit, mass = _proposal(f, xr, initial)  # a proposal per (datapoint, label)
         est = ais(f, xr, schedule=schedule, num_chains=cfg.ais_chains,
                   pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
-                  initial=p0, generator=gen, progress=tick)
+                  initial=p0, generator=gen, progress=tick, inverse_mass_sqrt=mass)
         est.extra.update(initial=initial, proposal_seconds=fit)
         est = replace(est, seconds=est.seconds + fit)
         total, given = _sum_labels(est, labels, lo, hi, c, i)
@@ -901,7 +908,8 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
         _seed_batch(cfg.seed, 0, "bdmc_sim")
         x, z, bind = subject.simulate(n)
     initial = _initial(subject, cfg)
-    lower, bind = _ais(bind, x, cfg, run, "bdmc forward", stream="bdmc", initial=initial)
+    lower, bind, mass = _ais(bind, x, cfg, run, "bdmc forward", stream="bdmc",
+                             initial=initial)
     lower = replace(lower, data="simulated")
     schedule = SCHEDULES[cfg.ais_schedule](cfg.ais_steps)
     initial = "q" if initial == "laplace" else initial  # bind's q(z|x) is the proposal
@@ -914,7 +922,8 @@ def _bdmc(subject: Subject, n: int, cfg: EvalConfig, run: dict) -> tuple[Estimat
         return bdmc_upper(bind(lo, hi), x[lo:hi], z[lo:hi], schedule=schedule,
                           num_chains=cfg.ais_chains, num_leapfrog=cfg.ais_leapfrog,
                           initial=initial, step_size=step_sizes[:, lo:hi],
-                          adapt="none", generator=gen, progress=tick)
+                          adapt="none", generator=gen, progress=tick,
+                          inverse_mass_sqrt=mass(lo, hi))
 
     parts = map_batches(one, n, stream="bdmc_rev", stage="bdmc reverse", **run)
     upper = concat_estimates(parts, extra={"schedule": cfg.ais_schedule})

@@ -181,8 +181,9 @@ def test_a_point_mass_guide_gets_no_elbo_or_iwae_but_ais_and_exact(tmp_path):
     gap = (ev.estimators["quadrature"].per_datapoint - ev.estimators["ais"].per_datapoint).abs()
     assert gap.mean() < 0.2
     # "auto" started AIS from the Laplace proposal (no guide density; its fit counted in the
-    # time); asking for q says why not
+    # time), with its covariances as HMC's mass matrices; asking for q says why not
     assert ev.estimators["ais"].extra["initial"] == "laplace"
+    assert ev.estimators["ais"].extra["mass"] == "given"
     assert 0 < ev.estimators["ais"].extra["proposal_seconds"] < ev.estimators["ais"].seconds
     # BDMC from the same Laplace proposals closes its sandwich. (On 10 simulated images its
     # sides sit within ~0.01 of each other, inside the spread of the exact posterior draws the
@@ -190,6 +191,7 @@ def test_a_point_mass_guide_gets_no_elbo_or_iwae_but_ais_and_exact(tmp_path):
     # +0.0014 +- 0.0010 and reverse +0.0003 +- 0.0009 nats.)
     lower, upper = ev.estimators["bdmc_lower"], ev.estimators["bdmc_upper"]
     assert lower.extra["initial"] == "laplace"
+    assert lower.extra["mass"] == upper.extra["mass"] == "given"
     assert abs(upper.extra["sandwich_mean"]) < 0.05
     with pytest.raises(ValueError, match="point mass"):
         evaluate(ae, data, EvalConfig(ks=(1,), n=2, ais_steps=2, ais_n=2, ais_initial="q",

@@ -89,7 +89,7 @@ def test_the_plan_uses_one_evaluation_for_every_model(tmp_path):
     assert len({without_ais_length(e) for e in evaluations}) == 1
     lengths = {m.long_ais: (e[e.index("--ais-steps") + 1], e[e.index("--ais-leapfrog") + 1])
                for m, e in zip(models(tmp_path), evaluations)}
-    assert lengths == {False: ("200", "3"), True: ("500", "10")}
+    assert lengths == {False: ("200", "3"), True: ("300", "10")}
     assert [m.label for m in models(tmp_path) if m.long_ais] == ["GAN"]
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         plan(tmp_path, size="huge")

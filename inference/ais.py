@@ -99,11 +99,12 @@ Gaussian (:meth:`pgm.inference.laplace.Laplace.inverse_mass_sqrt`). On the quick
 below with it and 34.9 +- 4.1 without, and T=1000 without it 19.0 +- 3.1 (on one thread, 56 s
 against 115 s); T=300 with it 23.7 +- 3.2. Where the posterior is already round (the
 quickstart's autoencoder, 10-D: a factor of about 40) it changes nothing (T=50 to 1000 within
-0.1 nats of the identity mass). A step costs two (L, L) products per chain more (GAN: 60 s
-against 56 s for T=500). Validity is as for the step sizes: the matrix is a function of x and of the
-Laplace fit's draws, independent of the chains whose weights are averaged, so every
-transition is a fixed kernel that leaves its :math:`\pi_t` invariant and
-:math:`\mathbb{E}[w] = p(x)` still holds (tested on closed forms).
+0.1 nats of the identity mass). A step costs two (L, L) products per chain more (GAN, T=500:
+59.5 s against 56.4 s, one thread each in two processes side by side). Validity is as for
+the step sizes: the matrix is a function of x and of the Laplace fit's draws, independent of
+the chains whose weights are averaged, so every transition is a fixed kernel that leaves its
+:math:`\pi_t` invariant and :math:`\mathbb{E}[w] = p(x)` still holds (tested on closed
+forms).
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about five minutes on 2 CPU cores (4.5 measured, 1.0 of them the five
-#: evaluations, 3.0 the GAN's training); "small" is for tests and smoke runs. The GAN trains
+#: "default" takes about six minutes on 2 CPU cores (5.1 measured, 0.9 of them the five
+#: evaluations, 3.6 the GAN's training); "small" is for tests and smoke runs. The GAN trains
 #: 200 of `pgm train gan`'s 300 epochs (seed 0, with batch norm in G and its half-resolution
 #: output: classes 0.71, Fréchet 1.09, 52% of the samples labelled with p >= 0.9, about half
 #: the digits readable; 100 epochs, 1.5 minutes less: 0.64, 1.66, 44%, the strokes often

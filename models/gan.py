@@ -465,6 +465,3 @@ class ExplicitGAN(LatentVariableModel):
 
     def decode(self, z, y=None):
         return self.likelihood(self.gan.generate(self.latent_to_z(z)))
-
-    def check_data(self, x, name="x"):
-        self.gan.check_data(x, name)

@@ -622,6 +622,10 @@ def _pgm_model(model, data, cfg: EvalConfig, device, cache_dir) -> tuple[Subject
     x = x_all[:n].to(device)
     y = y_all[:n].to(device) if (y_all is not None and model.conditional) else None
     model.check_data(x, f"{cfg.split} data")
+    if model is not base:
+        # the view is a density on all of R^D (the data its BDMC simulates, with noise, leave
+        # [0, 1]); the data measured are checked against the model itself as well
+        base.check_data(x, f"{cfg.split} data")
     if model.plain_distributions:
         subject = model_subject(model, x, y, label_sum=cfg.label_sum,
                                 label_margin=cfg.label_margin)

@@ -7,6 +7,7 @@ import torch
 
 import pgm
 from pgm.data import Dataset
+from pgm.errors import DataError
 from pgm.evaluation import EvalConfig, evaluate, with_preset
 from pgm.models import LinearGaussian
 from pgm.report import write_evaluation
@@ -161,6 +162,24 @@ def test_comparison_table_has_a_column_per_estimator_and_sample_quality():
     for col in ("elbo (n=10)", "ais (n=10)", "exact (n=10)"):
         assert col in every
     assert "1.25" in md and "| ⚠ 3.00 |" in md and "<table>" in page
+
+
+def test_bdmc_on_a_gans_view_and_the_data_checked_against_the_gan():
+    """A sigmoid GAN's explicit view is a density on all of R^D: BDMC's data, simulated from it
+    with Gaussian noise, leave [0, 1] and are scored (they were refused as the GAN's data);
+    the data measured are still checked against the GAN itself, with a one-line DataError."""
+    torch.manual_seed(0)
+    data = _dataset(torch.rand(200, 12))
+    gan = pgm.GAN(data_dim=12, latent_dim=2, hidden=(8,))
+    cfg = dict(ks=(1,), n=4, ais_steps=5, ais_n=4, ais_chains=2, posterior_check=0,
+               device="cpu")
+    ev = evaluate(gan, data, EvalConfig(bdmc=True, **cfg))
+    lower, upper = ev.estimators["bdmc_lower"], ev.estimators["bdmc_upper"]
+    assert lower.extra["initial"] == "laplace" and lower.extra["mass"] == "given"
+    assert torch.isfinite(upper.per_datapoint).all() and upper.data == "simulated"
+    bad = _dataset(torch.cat([torch.rand(180, 12), 1 + torch.rand(20, 12)]))  # the test split
+    with pytest.raises(DataError, match=r"ranges over .* sigmoid generator outputs \[0, 1\]"):
+        evaluate(gan, bad, EvalConfig(**cfg))
 
 
 def test_a_point_mass_guide_gets_no_elbo_or_iwae_but_ais_and_exact(tmp_path):

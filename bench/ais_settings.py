@@ -97,9 +97,11 @@ def main():
     for i, (T, C, P, L) in enumerate([reference, *settings]):
         if i == 0 and ref is not None:
             continue
-        g, initial, mass = starts[args.reference or args.initial] if i == 0 \
-            else starts[args.initial]
-        if (args.reference_mass or args.mass if i == 0 else args.mass) == "identity":
+        start, mass_choice = args.initial, args.mass
+        if i == 0:  # the reference run
+            start, mass_choice = args.reference or start, args.reference_mass or mass_choice
+        g, initial, mass = starts[start]
+        if mass_choice == "identity":
             mass = None
         gen = torch.Generator().manual_seed(1)
         torch.manual_seed(0)

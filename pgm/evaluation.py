@@ -834,13 +834,13 @@ def _start(bind, x: torch.Tensor, initial: str):
         return bind, initial, lambda lo, hi: 0.0, lambda lo, hi: None
     fitted: dict = {}
 
-    def bind_fitted(lo, hi):
+    def fit(lo, hi):  # (callables, initial, seconds, mass) of a batch, fitted once
         if (lo, hi) not in fitted:
             fitted[(lo, hi)] = _proposal(bind(lo, hi), x[lo:hi], initial)
-        return fitted[(lo, hi)][0]
+        return fitted[(lo, hi)]
 
-    return (bind_fitted, "q", lambda lo, hi: fitted[(lo, hi)][2],
-            lambda lo, hi: fitted[(lo, hi)][3])
+    return (lambda lo, hi: fit(lo, hi)[0], "q", lambda lo, hi: fit(lo, hi)[2],
+            lambda lo, hi: fit(lo, hi)[3])
 
 
 def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *,
@@ -853,8 +853,7 @@ def _ais(bind, x, cfg: EvalConfig, run: dict, stage: str, stream: str = "ais", *
     bind, p0, fit_seconds, mass = _start(bind, x, initial)
 
     def one(lo, hi, gen, tick):
-        f = bind(lo, hi)  # (fits the proposal, if any: before mass(lo, hi))
-        est = ais(f, x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
+        est = ais(bind(lo, hi), x[lo:hi], schedule=schedule, num_chains=cfg.ais_chains,
                   pilot_chains=cfg.ais_pilot_chains, num_leapfrog=cfg.ais_leapfrog,
                   initial=p0, generator=gen, progress=tick, inverse_mass_sqrt=mass(lo, hi))
         est.extra.pop("z_final", None)

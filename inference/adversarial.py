@@ -364,7 +364,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     plain sigmoid/uncentred setting collapsed to one image; see :mod:`pgm.models.gan`), an
     averaged generator (``ema`` 0.999), **spectral normalisation in D**, **two
     time-scales** (lr 2e-4 for G, 6e-4 for D), **batch norm in G** (``g_batchnorm``) and
-    **G drawing at half resolution** (``g_upsample`` 2), 300 epochs.
+    **G drawing at half resolution** (``g_upsample`` 2), **a deep, narrow G** (hidden 64, 128,
+    256, 512; D kept at 512, 256), 300 epochs.
 
     Measured on mnist5k (seed 0, 100 epochs; :mod:`pgm.mode_coverage`: the class histogram of
     10,000 samples under the feature classifier, rarest/most common class, test set 0.79;
@@ -479,8 +480,9 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
             return {**images, "arch": "dcgan", "channels": 64, "spectral_norm": False,
                     "d_dropout": 0.3, "d_mlp_branch": (512, 256), "g_wide": True,
                     "epochs": 200}
-        return {**images, "spectral_norm": True, "lr_d": 6e-4, "g_batchnorm": True,
-                "g_upsample": 2, "epochs": 300}
+        return {**images, "hidden": (64, 128, 256, 512), "d_hidden": (512, 256),
+                "spectral_norm": True, "lr_d": 6e-4, "g_batchnorm": True, "g_upsample": 2,
+                "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}
 

@@ -52,6 +52,10 @@ def main():
     p.add_argument("--defensive", type=float, default=AIS_DEFENSIVE,
                    help="the prior's share in the Laplace proposal (default: pgm evaluate's)")
     p.add_argument("--modes", type=int, default=4, help="the Laplace proposal's modes")
+    p.add_argument("--ascents", type=int, default=16,
+                   help="the Laplace fit's ascents, pruned to the --modes best")
+    p.add_argument("--starts", type=int, default=16,
+                   help="the Laplace fit's draws per source, of which the --modes best ascend")
     p.add_argument("--reference-file", default=None,
                    help="keep the reference run's per-datapoint values here (.pt) and reuse "
                         "them when the file exists")
@@ -79,7 +83,8 @@ def main():
     if "laplace" in (args.initial, args.reference):
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        fit = fit_laplace(f, x, modes=args.modes)
+        fit = fit_laplace(f, x, modes=args.modes, ascents=args.ascents,
+                          starts=args.starts)
         starts["laplace"] = (laplace_proposal(f, x, defensive=args.defensive, fitted=fit), "q",
                              fit.inverse_mass_sqrt())
         print(f"Laplace proposal fitted in {time.perf_counter() - t0:.1f} s")

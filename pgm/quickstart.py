@@ -38,8 +38,9 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about six minutes on 2 CPU cores (4.9 measured, 0.85 of them the five
-#: evaluations, 3.5 the GAN's training); "small" is for tests and smoke runs. The GAN trains
+#: "default" takes about five and a half minutes on 2 CPU cores from a fresh clone (5.3
+#: measured: 0.7 to install, 4.6 the quickstart, 0.9 of them the five evaluations, 3.2 the
+#: GAN's training); "small" is for tests and smoke runs. The GAN trains
 #: 200 of `pgm train gan`'s 300 epochs (seed 0; a G four hidden layers deep and narrow, with
 #: batch norm and a half-resolution output: classes 0.66, Fréchet 0.96, 59% of the samples
 #: labelled with p >= 0.9, more than half the digits readable; the two-layer G before it:

@@ -139,12 +139,13 @@ def _prune(f, x, z, opt, keep, gamma):
     learning rate carried over."""
     with torch.no_grad():
         idx = f.log_joint(x, z).topk(keep, dim=0).indices[..., None].expand(-1, -1, z.shape[-1])
-    state = opt.state[z]
+    state = opt.state.get(z)
     z2 = z.detach().gather(0, idx).requires_grad_(True)
     opt2 = torch.optim.Adam([z2], lr=opt.param_groups[0]["lr"])
-    opt2.state[z2] = {"step": state["step"].clone(),
-                      "exp_avg": state["exp_avg"].gather(0, idx),
-                      "exp_avg_sq": state["exp_avg_sq"].gather(0, idx)}
+    if state:  # (none before the first step)
+        opt2.state[z2] = {"step": state["step"].clone(),
+                          "exp_avg": state["exp_avg"].gather(0, idx),
+                          "exp_avg_sq": state["exp_avg_sq"].gather(0, idx)}
     return z2, opt2, torch.optim.lr_scheduler.ExponentialLR(opt2, gamma)
 
 
@@ -182,6 +183,8 @@ def fit_laplace(f: LatentCallables, x: Tensor, *, modes: int = 4, ascents: int =
             z.grad, = torch.autograd.grad(-f.log_joint(x, z).sum(), z)
             opt.step()
             sched.step()
+    if len(z) > modes:  # no step to prune at (steps = 0)
+        z = _prune(f, x, z, opt, modes, gamma)[0]
     z = z.detach()
     g, h = _hessian(f.log_joint, x, z)
     lam, vec = torch.linalg.eigh(-0.5 * (h + h.transpose(-1, -2)))

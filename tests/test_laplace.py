@@ -209,3 +209,7 @@ def test_ascents_beyond_the_modes_reach_the_global_maximum():
         assert (gap_many.abs() < 1e-6).all()
         assert (gap_one > 1e-3).sum() >= 10
         assert (gap_one > -1e-6).all()
+    # with fewer than three steps the ascents are pruned before the first (no Adam state yet)
+    # or, with none, after the loop: the kept starts are the best draws
+    for steps in (0, 1, 2):
+        assert fit_laplace(f, x, modes=2, ascents=32, steps=steps).mean.shape[0] <= 2

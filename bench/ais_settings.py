@@ -55,7 +55,7 @@ def main():
     p.add_argument("--ascents", type=int, default=16,
                    help="the Laplace fit's ascents, pruned to the --modes best")
     p.add_argument("--starts", type=int, default=16,
-                   help="the Laplace fit's draws per source, of which the --modes best ascend")
+                   help="the Laplace fit's draws per source, of which the --ascents best climb")
     p.add_argument("--reference-file", default=None,
                    help="keep the reference run's per-datapoint values here (.pt) and reuse "
                         "them when the file exists")

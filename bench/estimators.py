@@ -12,17 +12,19 @@ per particle, AIS: a forward and an input-gradient pass per chain, pilot chains 
 every leapfrog step). IWAE runs in a fresh process, whose peak resident
 memory (``getrusage``, the whole process: interpreter, torch, data, model) is printed beside
 it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' OpenMP spin-waits
-collapse under load): IWAE K=5000 on 1,000 images 1.5-1.8x (2.0-2.4x with
+collapse under load): IWAE K=5000 on 1,000 images 1.47x and 1.64x in two quiet runs
+(1.5-2.1x while the Bernoulli log density took a softplus pass; 2.0-2.4x with
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
-0.58 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
-T=200 on 20 images 1.38x (1.42-1.44x before the prior's gradient was taken in closed form),
-and 1.62-1.83x for the same run with autograd of log p(x, z) and log p(z) at every leapfrog
-step (the row "autograd every step": the inner steps' gradient from the likelihood's
-closed-form score skips the softplus pass; 1.5-1.9x in earlier sessions).
-What is left beside the products: for IWAE one softplus per pixel and particle (a third of
-the decoder's product time), the bias broadcast and the ReLU; for AIS the score's sigmoid,
-the ReLU and its backward pass. torch.compile of AIS's value-and-gradient took 136 s to
-compile and ran 1.3x slower.
+0.47 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
+T=200 on 100 images 1.29x and 1.31x (1.38x with the softplus pass, 1.42-1.44x before the
+prior's gradient was taken in closed form), and 1.55x and 1.62x for the same run with autograd
+of log p(x, z) and log p(z) at every leapfrog step (the row "autograd every step": the inner
+steps' gradient from the likelihood's closed-form score skips the log density's pass).
+What is left beside the products (IWAE, in units of the products' time): the decoder's bias
+broadcasts, ReLU and thin first product 0.12, the Bernoulli log density's dot product, |h|,
+sigmoid and block products 0.38 (:func:`pgm.likelihoods.bernoulli_log_prob`; 0.5 with
+softplus), q(z|x) and p(z) 0.08; for AIS the score's sigmoid, the ReLU and its backward pass.
+torch.compile of AIS's value-and-gradient took 136 s to compile and ran 1.3x slower.
 
 The same network measured through :class:`pgm.inference.program.Program` (the callables read
 off the model/guide traces, as for a user's own Pyro program) and through the plain
@@ -193,9 +195,9 @@ def matmul_rate(device, rows: int = 8192, repeats: int = 20) -> float:
 def with_rate(device, job):
     """``job()`` and the matmul rate averaged over a measurement just before and just after it
     (on a shared machine the rate drifts by tens of percent within minutes)."""
-    before = matmul_rate(device, repeats=5)
+    before = matmul_rate(device, repeats=20)
     out = job()
-    return out, (before + matmul_rate(device, repeats=5)) / 2
+    return out, (before + matmul_rate(device, repeats=20)) / 2
 
 
 def iwae_in_fresh_process(model, n: int, device, K: int = 5000) -> dict:

@@ -8,7 +8,8 @@ lie in its support before training or evaluation starts:
   On grey values in [0, 1] it is the cross-entropy, not a normalised density; that is
   allowed (binarisation "none") but the data module's default binarises.
   (:class:`BernoulliLogits`: :math:`\sum_d x_d h_d - \mathrm{softplus}(h_d)` as a batched dot
-  product and one softplus pass, and the gradient :math:`x - \sigma(h)` in one more, where
+  product and one sigmoid pass (:func:`bernoulli_log_prob`), and the gradient
+  :math:`x - \sigma(h)` in one more, where
   ``Bernoulli(logits=h).to_event(1)`` takes about six passes over the broadcast ``(..., D)``
   shape each way: a third of an IWAE chunk's time on a CPU.)
 - ``gaussian``: :math:`\mathcal N(x; \mu(z), s^2 I)` with a fixed scale s
@@ -70,6 +71,42 @@ class Bernoulli(Likelihood):
             )
 
 
+#: Factors per product in :func:`bernoulli_log_prob`: each lies in [1/2, 1), so a product of
+#: 120 stays above 2^-120, a normal float32 (the smallest is 2^-126).
+_PRODUCT_BLOCK = 120
+
+
+def bernoulli_log_prob(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_d x_d h_d - \mathrm{softplus}(h_d)` over the last dimension (broadcast),
+    written with one transcendental pass instead of softplus's two (exp and log1p):
+
+    .. math::
+        x h - \mathrm{softplus}(h) = (x - \tfrac12) h - \tfrac12 |h| + \log \sigma(|h|),
+
+    since :math:`\mathrm{softplus}(h) = \max(h, 0) - \log \sigma(|h|)` and
+    :math:`\max(h, 0) = (h + |h|)/2`. The factors :math:`\sigma(|h_d|)` lie in [1/2, 1), so
+    the sum of their logs is the log of products over blocks of at most 120 pixels, one log per
+    block, each product a normal float32 (relative error at most ~120 ulp, 1e-5 nats per block).
+    On one CPU thread, (4, 1000, 784) logits: 1.7 against 2.3 ns per pixel for the batched dot
+    product and ``F.softplus(h).sum(-1)``."""
+    a = h.abs()
+    # the batched dot: einsum's bmm when the leading dimension holds several rows per datapoint
+    # (K particles or chains); with one or two it runs a gemv per datapoint, 3x slower than vecdot
+    dot = (torch.einsum("...d,...d->...", h, x - 0.5) if h.dim() > 2 and h.shape[0] >= 4
+           else torch.linalg.vecdot(h, x - 0.5))
+    out = dot - 0.5 * a.sum(-1)
+    a = torch.sigmoid(a, out=a)
+    D = a.shape[-1]
+    n = -(-D // _PRODUCT_BLOCK)  # blocks of nearly equal size (784 = 7 x 112)
+    size = -(-D // n)
+    q = D // size
+    if q:
+        out = out + a[..., :q * size].unflatten(-1, (q, size)).prod(-1).log_().sum(-1)
+    if q * size < D:
+        out = out + a[..., q * size:].prod(-1).log_()
+    return out
+
+
 class _BernoulliLogProb(torch.autograd.Function):
     r""":math:`\sum_d x_d h_d - \mathrm{softplus}(h_d)` over the last dimension, broadcasting
     h and x; gradients :math:`g\,(x - \sigma(h))` for h and :math:`g\,h` for x, themselves
@@ -78,7 +115,7 @@ class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, x):
         ctx.save_for_backward(h, x)
-        return torch.einsum("...d,...d->...", h, x) - F.softplus(h).sum(-1)
+        return bernoulli_log_prob(h, x)
 
     @staticmethod
     def backward(ctx, g):
@@ -116,7 +153,10 @@ class BernoulliLogits(dist.Independent):
         x - \sigma(h)` (shaped like h), without the log density's softplus pass: the gradient in
         z is then one backward pass from h (``torch.autograd.grad(h, z, d)``)."""
         h = self.base_dist.logits
-        return h, (value - torch.sigmoid(h.detach())).sum_to_size(h.shape)
+        s = torch.sigmoid(h.detach())
+        if torch.broadcast_shapes(value.shape, h.shape) == h.shape:
+            return h, torch.sub(value, s, out=s)  # one allocation, where AIS's steps spend time
+        return h, (value - s).sum_to_size(h.shape)
 
 
 class Gaussian(Likelihood):
@@ -178,8 +218,12 @@ class IsotropicNormal(dist.TorchDistribution):
         r"""``(mu, d)``: the mean and :math:`\partial \log p(\mathrm{value}) / \partial \mu =
         (x - \mu) / s^2` (shaped like mu), without the log density (as
         :meth:`BernoulliLogits.score`)."""
-        d = (value - self.loc.detach()) / self.scale**2
-        return self.loc, d.sum_to_size(self.loc.shape)
+        s2 = self.scale**2
+        if torch.broadcast_shapes(value.shape, self.loc.shape) == self.loc.shape:
+            # x/s^2 - mu/s^2: one pass over mu's shape (0.37 against 0.83 ns per pixel for
+            # (x - mu) / s^2, 20 chains x 100 images x 784 pixels, one CPU thread)
+            return self.loc, torch.sub(value / s2, self.loc.detach(), alpha=1 / s2)
+        return self.loc, ((value - self.loc.detach()) / s2).sum_to_size(self.loc.shape)
 
     def entropy(self):
         D = self.event_shape[0]

@@ -500,8 +500,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
                     "d_dropout": 0.3, "d_mlp_branch": (512, 256), "g_wide": True,
                     "epochs": 200}
         return {**images, "hidden": (64, 128, 256, 512), "d_hidden": (512, 256),
-                "spectral_norm": True, "lr_d": 6e-4, "g_batchnorm": True, "g_upsample": 2,
-                "epochs": 300}
+                "spectral_norm": True, "lr": 3e-4, "lr_d": 6e-4, "g_batchnorm": True,
+                "g_upsample": 2, "epochs": 300}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}
 

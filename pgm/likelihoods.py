@@ -150,7 +150,7 @@ class BernoulliLogits(dist.Independent):
 
     def score(self, value):
         r"""``(h, d)``: the logits h and :math:`\partial \log p(\mathrm{value}) / \partial h =
-        x - \sigma(h)` (shaped like h), without the log density's softplus pass: the gradient in
+        x - \sigma(h)` (shaped like h), without the log density's own pass: the gradient in
         z is then one backward pass from h (``torch.autograd.grad(h, z, d)``)."""
         h = self.base_dist.logits
         s = torch.sigmoid(h.detach())

@@ -191,7 +191,7 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/quickstart", help="directory (default runs/quickstart)")
     q.add_argument("--data", default="mnist5k", help="dataset with labels (default mnist5k)")
     q.add_argument("--size", default="default", choices=("default", "small"),
-                   help="default: about five and a half minutes on 2 CPU cores; small: a smoke "
+                   help="default: about six minutes on 2 CPU cores; small: a smoke "
                         "test")
     q.add_argument("--seed", type=int, default=0, help="random seed")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -38,14 +38,14 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about five and a half minutes on 2 CPU cores from a fresh clone (5.3
-#: measured: 0.7 to install, 4.6 the quickstart, 0.9 of them the five evaluations, 3.2 the
+#: "default" takes about six minutes on 2 CPU cores from a fresh clone (5.9
+#: measured: 1.0 to install, 4.9 the quickstart, 1.0 of them the five evaluations, 3.4 the
 #: GAN's training); "small" is for tests and smoke runs. The GAN trains
 #: 200 of `pgm train gan`'s 300 epochs (seed 0; a G four hidden layers deep and narrow, with
-#: batch norm and a half-resolution output: classes 0.66, Fréchet 0.96, 59% of the samples
-#: labelled with p >= 0.9, more than half the digits readable; the two-layer G before it:
-#: 0.71, 1.09, 52%; all 300, about 1.7 minutes more: 0.64 and 0.69 over seeds 0 and 1, 64%,
-#: about six digits in ten readable).
+#: batch norm and a half-resolution output, lr 3e-4: classes 0.53, Fréchet 1.44, 61% of the
+#: samples labelled with p >= 0.9, about half the digits readable; at lr 2e-4 0.66, 0.96, 59%;
+#: the two-layer G before it: 0.71, 1.09, 52%; all 300, about 1.7 minutes more: 0.66-0.68
+#: over seeds 0-2, 65-66%, about six digits in ten readable).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
 #: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the

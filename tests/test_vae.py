@@ -134,6 +134,15 @@ def test_likelihood_scores_are_the_gradients_of_their_log_densities():
             assert score.shape == h.shape and not score.requires_grad
             (ref,) = torch.autograd.grad(d.log_prob(x).sum(), param)
             torch.testing.assert_close(score, ref)
+    # data of another dtype than the parameters: the same gradient, not an error (the Bernoulli
+    # score writes x - sigma(h) into sigma(h)'s buffer, in the parameters' dtype)
+    h32 = h.detach().float().requires_grad_(True)
+    for make in (BernoulliLogits, lambda h: IsotropicNormal(h, 0.3)):
+        x = torch.rand(4, 7, dtype=torch.float64).round()
+        d = make(h32)
+        _, score = d.score(x)
+        (ref,) = torch.autograd.grad(d.log_prob(x.float()).sum(), h32)
+        torch.testing.assert_close(score.float(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_bernoulli_log_prob_through_products_of_sigmoids_is_exact():

@@ -38,14 +38,14 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about six minutes on 2 CPU cores from a fresh clone (5.9
-#: measured: 1.0 to install, 4.9 the quickstart, 1.0 of them the five evaluations, 3.4 the
+#: "default" takes about six minutes on 2 CPU cores from a fresh clone (6.0
+#: measured: 1.0 to install, 5.0 the quickstart, 0.9 of them the five evaluations, 3.6 the
 #: GAN's training); "small" is for tests and smoke runs. The GAN trains
-#: 200 of `pgm train gan`'s 300 epochs (seed 0; a G four hidden layers deep and narrow, with
-#: batch norm and a half-resolution output, lr 3e-4: classes 0.53, Fréchet 1.44, 61% of the
-#: samples labelled with p >= 0.9, about half the digits readable; at lr 2e-4 0.66, 0.96, 59%;
-#: the two-layer G before it: 0.71, 1.09, 52%; all 300, about 1.7 minutes more: 0.66-0.68
-#: over seeds 0-2, 65-66%, about six digits in ten readable).
+#: 200 of `pgm train gan`'s 600 epochs (seed 0; a G five hidden layers deep and narrow, with
+#: batch norm and a half-resolution output, lr 3e-4: classes 0.64, Fréchet 1.01, 63% of the
+#: samples labelled with p >= 0.9, about six digits in ten readable; the four-layer G before
+#: it: 0.53, 1.44, 61%; the two-layer G: 0.71, 1.09, 52%; all 600, about 18 minutes on one
+#: core: 0.66-0.69 over seeds 0-2, 71-72%, about seven digits in ten readable).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
 #: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the
@@ -68,7 +68,9 @@ SIZES = ("default", "small")
 #: from 32 modes (20 test images, s = 0.105), where T=300 x 10 from 4 climbs sat 26.5 below.
 #: The better modes narrow EM's s (0.097), where T=100, 200 and 300 x 10 sit 28.4 +- 4.4,
 #: 22.3 +- 4.1 and 16.5 +- 3.6 below T=2000 x 10 (5, 10 and 15 s on one thread): it keeps
-#: T=300 x 10.
+#: T=300 x 10. The five-layer G since (s = 0.136 in a one-thread run of the quickstart): T=300
+#: and 100 x 10 sit 11.2 +- 2.2 and 19.1 +- 2.7 below T=2000 x 10 (the four-layer G at lr
+#: 3e-4, s = 0.118: 11.6 +- 1.7 and 19.0 +- 2.4), so T=300 x 10 stays.
 SETTINGS = {
     "default": {"epochs": 30, "gan_epochs": 200, "components": 100, "n": 50,
                 "k": "1,10,100,1000", "ais_n": 50, "ais_chains": 4, "ais_pilot_chains": 2,

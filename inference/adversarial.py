@@ -451,9 +451,9 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     digits in ten readable. Cost, alternated on one thread against the four-layer G: a value and
     gradient on 800 latents 1.03x (24.8 against 24.0 ms), AIS T=100 x 10 on 50 images 0.97x
     (12.0 against 12.4 s); the 600 epochs took 17.9 minutes on one thread beside another job.
-    Not kept: top-k training (Sinha et al. 2020: G's loss on the half
-    of each batch of fakes D scores highest, k falling from the batch as 0.99 per epoch; four
-    layers, 300 epochs): 65.6% and 63.1% for seeds 0 and 1 (65.4%, 65.7% without).
+    Not kept: top-k training (Sinha et al. 2020: G's loss on the half of each batch of fakes D
+    scores highest, k falling from the batch as 0.99 per epoch; four layers, 300 epochs): 65.6%
+    and 63.1% for seeds 0 and 1 (65.4%, 65.7% without).
 
     **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): **a wide generator**
     (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128, then

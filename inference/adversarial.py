@@ -18,6 +18,12 @@ checks both bitwise). Generator losses:
 - ``"non-saturating"`` (default): :math:`-\mathbb E \log D(G(z))`, the paper's practical
   alternative with the same fixed point and strong early gradients.
 
+With ``loss="hinge"`` (Lim & Ye 2017; Miyato et al. 2018, with spectral norm) the game is
+played on D's logit :math:`d(x)` instead: D minimises
+:math:`\mathbb E\,\max(0, 1 - d(x)) + \mathbb E\,\max(0, 1 + d(G(z)))` and G minimises
+:math:`-\mathbb E\, d(G(z))`; D stops pushing on samples it already places beyond the margin.
+(``d_real`` and ``d_fake`` below stay :math:`\sigma(d)`, 1/2 at a logit of 0.)
+
 Optional one-sided label smoothing (Salimans et al. 2016) trains D toward ``1 - s`` on real
 data (fakes stay at 0). Both players use Adam with betas (0.5, 0.999) (Radford et al. 2016).
 After each generator step the averaged generator of a GAN with ``ema`` > 0 is updated
@@ -85,6 +91,7 @@ GENERATOR_LOSSES = ("non-saturating", "minimax")
 #: A loss beyond this is an exploded run: a cross-entropy this large means logits of this size.
 LOSS_LIMIT = 1e6
 LR_SCHEDULES = ("constant", "linear")
+LOSSES = ("cross-entropy", "hinge")
 
 
 @dataclass
@@ -97,7 +104,8 @@ class GANFitConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     k: int = 1  # discriminator steps per generator step
-    generator_loss: str = "non-saturating"  # or "minimax"
+    loss: str = "cross-entropy"  # the game V(D, G) of the paper, or "hinge"
+    generator_loss: str = "non-saturating"  # or "minimax" (the cross-entropy game's G)
     label_smoothing: float = 0.0  # one-sided: D's target on real data is 1 - label_smoothing
     sample_every: int = 5  # epochs between sample grids in RUN/figures (the last is always drawn)
     snapshot_every: int = 1  # 1-D data: epochs between snapshots of D, p_g and z -> x
@@ -108,6 +116,12 @@ class GANFitConfig:
         if self.generator_loss not in GENERATOR_LOSSES:
             raise ValueError(f"unknown generator_loss {self.generator_loss!r}; "
                              f"known: {', '.join(GENERATOR_LOSSES)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.loss == "hinge" and (self.label_smoothing
+                                     or self.generator_loss != "non-saturating"):
+            raise ValueError("label_smoothing and generator_loss belong to the cross-entropy "
+                             "loss; the hinge loss has its own margin and generator loss")
         if self.epochs < 1 or self.batch_size < 1 or self.k < 1 or not self.lr > 0:
             raise ValueError("epochs, batch_size, k and lr must be positive")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -125,45 +139,56 @@ class GANFitConfig:
 
 
 def discriminator_step(gan, opt_d: torch.optim.Optimizer, x_real: torch.Tensor, *,
-                       label_smoothing: float = 0.0) -> torch.Tensor:
-    """One ascent step of D on V with fresh fakes; G is untouched (fakes under no_grad).
+                       label_smoothing: float = 0.0, loss: str = "cross-entropy") -> torch.Tensor:
+    """One ascent step of D on V (or a descent on the hinge loss) with fresh fakes; G is
+    untouched (fakes under no_grad).
 
     Returns the detached stats ``[d_loss, d_real, d_fake, d_accuracy]`` (a (4,) tensor, no sync).
     """
     with torch.no_grad():
         x_fake = gan.generate(gan.sample_z(len(x_real)))
     logit_real, logit_fake = gan.discriminate(x_real), gan.discriminate(x_fake)  # (B,), (B,)
-    target = 1.0 - label_smoothing
-    # -[t log D(x) + (1 - t) log(1 - D(x))] - log(1 - D(G(z))), with log D = -softplus(-logit)
-    loss = (target * F.softplus(-logit_real) + (1 - target) * F.softplus(logit_real)).mean() \
-        + F.softplus(logit_fake).mean()
+    if loss == "hinge":
+        value = F.relu(1 - logit_real).mean() + F.relu(1 + logit_fake).mean()
+    elif loss == "cross-entropy":
+        target = 1.0 - label_smoothing
+        # -[t log D(x) + (1 - t) log(1 - D(x))] - log(1 - D(G(z))), log D = -softplus(-logit)
+        value = (target * F.softplus(-logit_real) + (1 - target) * F.softplus(logit_real)).mean() \
+            + F.softplus(logit_fake).mean()
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
     opt_d.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     opt_d.step()
     with torch.no_grad():
         p_real, p_fake = torch.sigmoid(logit_real), torch.sigmoid(logit_fake)
         acc = 0.5 * ((p_real > 0.5).float().mean() + (p_fake < 0.5).float().mean())
-        return torch.stack([loss.detach(), p_real.mean(), p_fake.mean(), acc])
+        return torch.stack([value.detach(), p_real.mean(), p_fake.mean(), acc])
 
 
 def generator_step(gan, opt_g: torch.optim.Optimizer, batch_size: int, *,
-                   generator_loss: str = "non-saturating") -> torch.Tensor:
+                   generator_loss: str = "non-saturating",
+                   loss: str = "cross-entropy") -> torch.Tensor:
     """One descent step of G with D fixed (its parameters frozen); returns the detached loss."""
     gan.discriminator.requires_grad_(False)
     try:
         logit_fake = gan.discriminate(gan.generate(gan.sample_z(batch_size)))
-        if generator_loss == "non-saturating":
-            loss = F.softplus(-logit_fake).mean()  # -log D(G(z))
+        if loss == "hinge":
+            value = -logit_fake.mean()
+        elif loss != "cross-entropy":
+            raise ValueError(f"unknown loss {loss!r}")
+        elif generator_loss == "non-saturating":
+            value = F.softplus(-logit_fake).mean()  # -log D(G(z))
         elif generator_loss == "minimax":
-            loss = -F.softplus(logit_fake).mean()  # log(1 - D(G(z)))
+            value = -F.softplus(logit_fake).mean()  # log(1 - D(G(z)))
         else:
             raise ValueError(f"unknown generator_loss {generator_loss!r}")
         opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt_g.step()
     finally:
         gan.discriminator.requires_grad_(True)
-    return loss.detach()
+    return value.detach()
 
 
 def make_optimizers(gan, cfg: GANFitConfig):
@@ -284,10 +309,11 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
         stats = torch.full((n_steps, len(STEP_KEYS)), math.nan, device=device)
         for j in range(n_steps):
             xb = x_train[perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]]
-            stats[j, :4] = discriminator_step(gan, opt_d, xb, label_smoothing=cfg.label_smoothing)
+            stats[j, :4] = discriminator_step(gan, opt_d, xb, label_smoothing=cfg.label_smoothing,
+                                              loss=cfg.loss)
             if (epoch * n_steps + j + 1) % cfg.k == 0:  # k D steps per G step, across epochs
                 stats[j, 4] = generator_step(gan, opt_g, cfg.batch_size,
-                                             generator_loss=cfg.generator_loss)
+                                             generator_loss=cfg.generator_loss, loss=cfg.loss)
                 gan.update_ema()
         stats = stats.cpu()  # one sync per epoch, so seconds is honest on a GPU
         seconds = time.perf_counter() - t0
@@ -358,155 +384,36 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     mean is learnt but its spread is not (D sees too little of it; over seeds its std missed
     the data's by up to 40%); with these settings, over seeds 0-9 at 40 epochs, the mean was
     within 0.061 and the std within 0.059 of the data's (sd 0.5), and D ended at 0.51 on
-    validation data and 0.49 on samples; 40 epochs. Images in [0, 1]: GANConfig's defaults
-    (an MLP GAN, 64-D normal z, leaky ReLUs, dropout 0.3 in D, sigmoid output), one-sided label
-    smoothing 0.1, a linearly decaying lr (on mnist5k these kept the samples varied where a
-    plain sigmoid/uncentred setting collapsed to one image; see :mod:`pgm.models.gan`), an
-    averaged generator (``ema`` 0.999), **spectral normalisation in D**, **two
-    time-scales** (lr 3e-4 for G, 6e-4 for D), **batch norm in G** (``g_batchnorm``) and
-    **G drawing at half resolution** (``g_upsample`` 2), **a deep, narrow G** (hidden 32, 64,
-    128, 256, 512; D kept at 512, 256), **600 epochs**.
+    validation data and 0.49 on samples; 40 epochs.
 
-    Measured on mnist5k (seed 0, 100 epochs; :mod:`pgm.mode_coverage`: the class histogram of
-    10,000 samples under the feature classifier, rarest/most common class, test set 0.79;
-    Fréchet distance in its features, test set 1.86): without spectral norm and with one lr
-    (the previous default) the ratio was 0.025 (57 zeros in 10,000) and the Fréchet distance
-    95, the samples speckled blots; spectral norm alone: 0.23 and 30, smoother but blobby
-    strokes; spectral norm and lr_d 6e-4: 0.42 and 13.7 (seed 1: 0.41 and 19.6), every digit
-    drawn, about half of them cleanly, the rest with broken or blotted strokes; spectral norm
-    with batch 32 (twice the G steps, one lr): 0.32 and 26.9. **300 epochs** (23,400 steps;
-    the default since): 0.82 and 3.6 (seed 1: 0.65 and 7.2), every digit about as often as in
-    the test set; 200 epochs: 0.52 and 10.6. The strokes stay speckled and, for seed 1, often
-    blotted: an MLP generator draws each pixel on its own, and the classifier's features do
-    not see the speckle. Spectral norm makes an epoch 1.33x as long (1.73 s against 1.30 s on
-    one thread) and costs nothing at evaluation: G is unchanged, so an AIS step costs what it
-    did.
+    Images in [0, 1], ``arch="mlp"`` (the quickstart's): a 64-D normal z; **G five layers deep
+    and narrow** (hidden 32, 64, 128, 256, 512) with **batch norm** after each hidden layer
+    (``g_batchnorm``) and its last layer **at half resolution** (``g_upsample`` 2: 14x14
+    pre-activations upsampled bilinearly, so no pixel is drawn on its own); **an averaged G**
+    (``ema`` 0.999) for everything in eval mode; D 512-256 with leaky ReLUs, dropout 0.3 and
+    **spectral normalisation**; the tanh output with D on 2x - 1 (:mod:`pgm.models.gan`: with a
+    plain sigmoid on uncentred pixels it collapsed to one image); one-sided label smoothing 0.1;
+    **two time-scales** (Heusel et al. 2017: lr 3e-4 for G, 6e-4 for D), both decaying linearly
+    to 0 over **600 epochs**. On mnist5k (10,000 samples under the feature classifier;
+    :mod:`pgm.mode_coverage`), seeds 0, 1 and 2: rarest/most common class 0.69, 0.66 and 0.68,
+    Fréchet distance in its features 0.45, 0.54 and 0.46, 71.0%, 71.7% and 71.3% of the samples
+    labelled with p ≥ 0.9 (test images: 0.79, 1.86, 78%); by eye about seven digits in ten
+    readable. The 600 epochs take about 18 minutes on one core; an AIS step's G work (a value
+    and gradient on 800 latents) about 25 ms on one thread.
 
-    **Batch norm after each hidden layer of G** (``g_batchnorm``) **and a G that draws at half
-    resolution** (``g_upsample`` 2: its last Linear gives 14x14 pre-activations, upsampled
-    bilinearly to 28x28 before the tanh, so neighbouring pixels share them and no pixel is
-    drawn on its own), the defaults since. Seeds 0 and 1, 300 epochs: classes 0.69 and 0.65,
-    Fréchet 0.57 and 1.10, 56% of the samples labelled with p ≥ 0.9 in each (the DCGAN's
-    share; test images 78%), smooth strokes without speckle, about two digits in three
-    readable; the seed-0 run built its G by swapping the last Linear after the fact, so its
-    initial weights differ from the library's construction (seed 1 is the library's own).
-    Without either: 0.82 and 0.65, Fréchet 3.4 and 7.2, 48% (seed 0), speckled and often
-    blotted strokes, about a third readable. Batch norm alone: 0.67 and 0.75, Fréchet 1.06
-    and 1.01, 52% and 53%, fewer blots, about half readable, still speckled. Over training
-    (seed 1): 0.74, 0.64, 0.65 and Fréchet 1.34, 1.15, 1.10 at epochs 100, 200, 300 (54%
-    surely labelled at 200). Shorter schedules (the lr decays to 0 at the last epoch; seed
-    0): 100 epochs 0.64, Fréchet 1.66, 44%, the strokes smooth but often broken (batch norm
-    alone: 0.65 and 0.63, Fréchet 3.4 and 2.7, 40% and 42%; neither: 0.42 and 0.41, 12.4
-    and 18.7, 43% and 39%); 200 epochs 0.67, Fréchet 1.0, 51%, about half readable (the
-    quickstart's). A training step costs the same (0.97x the plain G's, six interleaved runs of
-    20 steps, one thread). At evaluation the batch norm is a fixed affine map; a value and
-    gradient of G on 800 latents (an AIS step's generator work) takes 1.28x the plain G's
-    (23.0 and 23.6 against 17.9 and 18.5 ms; two runs of 40 interleaved steps, one thread;
-    batch norm alone 1.10x), about 40x less than the wide DCGAN's G. Tried and not kept (seed
-    0, 100 epochs, batch norm in G): the two-view D of the DCGAN (a 32-channel conv D beside
-    the MLP D; 3.2x the time per epoch) and the conv D alone both dropped digits (classes 0.00
-    and 0.01 at 75 epochs, mostly ones, sevens and nines, with smooth strokes). Small DCGANs
-    for the quickstart's budget (the wide G and two-view D with 16 or 32 channels, 2.4x and
-    5x the MLP GAN's time per epoch): 16 channels at 100 epochs 0.48, Fréchet 4.6, 37%; 32
-    channels stopped at 50 (0.58, 4.4, 39%); both grids as blotted as the MLP GAN's.
+    ``arch="dcgan"`` (``pgm train gan --arch conv``; Radford et al. 2016): **a wide G**
+    (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128, two
+    stride-2 ones to 64 maps of 14x14 and to the image; batch norm after each but the last),
+    **a D with two views** of each image, their logits summed (two stride-2 convolutions, 64 and
+    128 channels, dropout 0.3; beside them the MLP GAN's D, ``d_mlp_branch``), no spectral norm
+    in the conv D, one lr 2e-4, the same average, label smoothing and decay, 200 epochs. Seeds
+    0, 1 and 2: 0.77, 0.72 and 0.69, Fréchet 1.34, 1.38 and 1.12, 56% labelled with p ≥ 0.9;
+    smooth, crisp strokes, about seven digits in ten readable; 54-56 minutes on one core, and
+    about 36x the MLP GAN's G work per AIS step (887 against 25 ms), so the quickstart keeps
+    the MLP GAN.
 
-    **A deep, narrow G** (``hidden`` 64, 128, 256, 512 where it was 256, 512; D kept at 512,
-    256, which ``d_hidden``'s default, the reverse of G's, no longer gives), the default since:
-    depth, not width, is what moved the share of samples the classifier labels surely. Seeds 0,
-    1 and 2, 300 epochs: classes 0.64, 0.69 and 0.69, Fréchet 0.79, 0.92 and 0.92, 63.5%, 63.7%
-    and 63.3% labelled with p ≥ 0.9 (the two-layer G's 56% and 56% for seeds 0 and 1); at epoch
-    200 of the same runs 62.0%, 61.8% and 62.6% (54% for the two-layer G, seed 1). Over G's
-    sizes (seed 1, 300 epochs, p ≥ 0.9 / classes / Fréchet): (256, 1024) 57% / 0.66 / 0.74
-    (width alone: no gain); (128, 256, 512) 59% / 0.69 / 0.79 (seed 0: 60%); (256, 512, 512) 59%
-    / 0.71 / 0.70; (256, 512, 1024) 62% / 0.75 / 0.62 (seed 0: 62%), at 1.8x the AIS step's G
-    work and 1.28x the training step; (32, 64, 128, 256, 512) 66% / 0.60 / 0.78, the rarest
-    digit rarer (test images 0.79). Cost of the default, interleaved on one thread against the
-    two-layer G: a value and gradient on 800 latents 1.08x (24.3 against 22.5 ms), a training
-    step 1.03x (22.3 against 21.5 ms). By eye about six digits in ten readable, fewer broken
-    strokes; the rest still malformed. A deep D as well (512, 256, 128, 64): 63%; dropout 0.5 in
-    D: 60%; an average with ema 0.9999 broke (Fréchet 414 at epoch 100). Other changes that did
-    not move the two-layer G (seed 1, 300 epochs): a 7x7 output upsampled 4x (blobby, digits
-    dropped: classes 0.18), differentiable augmentation in D (translation and cutout, 49%), a
-    wide D (1024, 512, 256; 58% at 1.7x the training time), Adam's betas (0, 0.9) (57%).
-
-    **G's learning rate 3e-4** (it was 2e-4, D's kept at 6e-4), the default since, with the deep
-    G. Seeds 0, 1 and 2, 300 epochs (the same data split): classes 0.66, 0.66 and 0.68, Fréchet
-    0.64, 0.94 and 0.72, 65.4%, 65.7% and 66.2% labelled with p ≥ 0.9 (at 2e-4: 0.64, 0.69,
-    0.69; 0.79, 0.92, 0.92; 63.5%, 63.7%, 63.3%); at epoch 200 of the same runs 65.0%, 65.8% and
-    65.1% (at 2e-4: 62.0%, 61.8%, 62.6%), so the quickstart's 200 epochs gain the most. D's lr
-    raised with it (9e-4, seed 0): 64.8%, Fréchet 0.92; G at 4e-4: no better than 3e-4. The
-    cost per step is unchanged. **Twice the epochs** (``epochs=600``, ``pgm train gan --epochs
-    600``; the lr then decays over 600): seeds 0, 1 and 2 classes 0.71, 0.68 and 0.71, Fréchet
-    0.58, 0.48 and 0.41, 68.5%, 69.3% and 69.7% labelled with p ≥ 0.9; at epoch 300 of the same
-    runs 67.7%, 67.4% and 68.9%; by eye a little cleaner, still about three digits in ten
-    malformed. Twice the training time (about ten minutes on 2 CPU cores).
-
-    **Five layers and 600 epochs** (``hidden`` 32, 64, 128, 256, 512; the same 276,480
-    multiply-adds per sample as the four layers, one small layer more), the defaults since.
-    Seeds 0, 1 and 2 at 300 epochs: classes 0.68, 0.66 and 0.65, Fréchet 0.73, 1.00 and 0.72,
-    66.1%, 67.7% and 67.4% labelled with p ≥ 0.9 (four layers: 65.4%, 65.7%, 66.2%); at 600
-    epochs: classes 0.69, 0.66 and 0.68, Fréchet 0.45, 0.54 and 0.46, 71.0%, 71.7% and
-    71.3% (four layers: 68.5%, 69.3%, 69.7%; classes 0.71, 0.68, 0.71, Fréchet 0.58, 0.48,
-    0.41), so a few more sure digits for a little less even a histogram; by eye about seven
-    digits in ten readable. Cost, alternated on one thread against the four-layer G: a value and
-    gradient on 800 latents 1.03x (24.8 against 24.0 ms), AIS T=100 x 10 on 50 images 0.97x
-    (12.0 against 12.4 s); the 600 epochs took 17.9 minutes on one thread beside another job.
-    Not kept: top-k training (Sinha et al. 2020: G's loss on the half of each batch of fakes D
-    scores highest, k falling from the batch as 0.99 per epoch; four layers, 300 epochs): 65.6%
-    and 63.1% for seeds 0 and 1 (65.4%, 65.7% without).
-
-    **The DCGAN** (``arch="dcgan"``, ``pgm train gan --arch conv``): **a wide generator**
-    (``g_wide``: a Linear to 256 maps of 7x7, a stride-1 3x3 transposed convolution to 128, then
-    two stride-2 ones to 64 maps of 14x14 and to the image; batch norm after each but the last),
-    one lr 2e-4 (Radford et al. 2016), no spectral norm, **a discriminator with two views of
-    each image**, their logits summed: the conv D (two stride-2 convolutions, 64 and 128
-    channels, leaky ReLU, **dropout 0.3** after each) and the MLP GAN's D on the whole image
-    (512-256, dropout 0.3, spectral norm; ``d_mlp_branch``); the same average, label smoothing
-    and linear decay, 200 epochs. Seeds 0, 1 and 2 at 200 epochs: class ratio 0.77, 0.72 and
-    0.69, Fréchet 1.34, 1.38 and 1.12, 56% of the samples labelled with p ≥ 0.9 in each (test
-    images: 0.79, 1.86, 78%); every digit drawn about as often as in the test set (eights the
-    most common, 11.3%, 12.3% and 12.1%; twos, sixes and fives the rarest, 8.7%, 8.8% and 8.3%).
-    Smooth, crisp strokes, about seven digits in ten readable; the rest are mostly digits with a
-    stroke too many or too few, a few blots. Over training (seed 0, epochs 25, 50, 100, 150,
-    200): ratio 0.30, 0.68, 0.72, 0.77, 0.77 and Fréchet 26, 3.3, 1.7, 1.42, 1.34, flat from
-    epoch 150 (seed 1: 0.59, 0.69, 0.68, 0.72 and 3.7, 1.6, 1.5, 1.38 at 50, 100, 125, 200; seed
-    2: 0.65, 0.67, 0.69, 0.69 and 3.6, 1.24, 1.18, 1.12 at 50, 125, 150, 200). The narrow G
-    (``g_wide=False``: the Linear straight to 128 maps, 0.44x G's weights; the default before)
-    with the same D: 0.55 and 0.53, Fréchet 3.4 and 5.2, 48% and 46%, about two digits in three
-    readable, and behind from the start (seed 0 at 50 epochs: 0.35 and 10.6). With the conv D
-    alone as well (the default before that): 0.46 and 0.49, Fréchet 9.4 and 10.4, 41% and 42%,
-    strokes as smooth, more malformed digits; at 100 and 150 epochs (seed 0) 0.43, 0.45 and
-    Fréchet 10.6, 10.0. Without dropout (conv D alone, 150 epochs) the conv D learns the 4,000
-    training images' strokes and the generator settles early: 0.32 and 13.2 at 150 epochs, flat
-    from epoch 50 (seed 1: 0.33 and 14.3).
-
-    Its cost, interleaved on one thread: a training step of the wide G costs 1.34x the
-    narrow G's (235 against 175 ms per batch of 64, both with the pair; the pair costs 1.15x
-    the conv D alone), 54-56 minutes for the 200 epochs on one core (three runs), about 8x the
-    MLP GAN's time per epoch. At evaluation D is not used, but G is, at every AIS step: a value and
-    gradient of the wide G on 800 latents takes 1.95x the narrow G's and 54x the MLP GAN's
-    (887, 499 and 18 ms), so the quickstart keeps the MLP GAN.
-
-    Tried and not kept (seed 0, the conv D alone, 100 epochs unless said): spectral norm with two
-    time-scales (lr 1e-4 for G, 4e-4 for D: 0.23 and 13.2, blotchy strokes); random
-    translations of D's inputs by up to 3 pixels (differentiable augmentation, Zhao et al.
-    2020: 0.03 and 58, strokes clean but ones all but gone and many shapes no digit); dropout
-    with D's lr 3x G's (0.34 and 23.3); a third convolution in D (7x7 -> 4x4; 0.28 and 19.4 at
-    50 epochs against 0.26 and 16.0 without, stopped there); the R1 gradient penalty on real
-    data (Mescheder et al. 2018, γ = 1; 0.30 and 14.0 at 50 epochs, 1.2x slower, stopped
-    there); dropout 0.5 over 200 epochs (0.33 and 15.3 at 50 against 0.29 and 16.5 with 0.3: a
-    lead within the runs' spread, stopped at 75 for want of time); a minibatch-standard-deviation
-    channel before D's last layer (Karras et al. 2018), 200 epochs, seeds 0 and 1: Fréchet 8.4
-    and 8.8 against 9.4 and 10.4, but ratio 0.47 and 0.42 against 0.46 and 0.49 (ones scarcer
-    still) and the same share of samples the classifier labels with p ≥ 0.9 (41%, 43%; 41%
-    and 42% without). The conv G with the MLP GAN's D alone (512-256, dropout 0.3, spectral
-    norm, lr_d 6e-4; seed 0, 200 epochs) scores best by every number: ratio 0.68, Fréchet
-    1.66 (the test images' own: 1.86), 46% labelled with p ≥ 0.9; but its strokes are
-    blotched and broken like the MLP GAN's, where the conv D's are smooth: the classifier's
-    features do not see stroke texture. The MLP generator with the two-view D collapsed to one
-    or two digits within 25 epochs (lr_d 6e-4 with 64 channels; one lr with 32), so the MLP
-    GAN keeps its own D. With 32 channels and spectral norm it had ratio 0.012 and
-    Fréchet 94 at 25 epochs.
+    How each of these settings was found, and what was tried beside it and not kept (the
+    runs, seeds and figures): docs/gan-tuning.md.
 
     Other real data: a small MLP GAN with D on standardised data, 30 epochs. ``epochs`` is
     returned with the other settings.
@@ -526,8 +433,8 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
                     "d_dropout": 0.3, "d_mlp_branch": (512, 256), "g_wide": True,
                     "epochs": 200}
         return {**images, "hidden": (32, 64, 128, 256, 512), "d_hidden": (512, 256),
-                "spectral_norm": True, "lr": 3e-4, "lr_d": 6e-4, "g_batchnorm": True,
-                "g_upsample": 2, "epochs": 600}
+                "d_coarse": (256, 128), "spectral_norm": True, "lr": 3e-4, "lr_d": 6e-4,
+                "g_batchnorm": True, "g_upsample": 2, "epochs": 600}
     return {"image_shape": data.image_shape, "latent_dim": min(8, max(2, data.data_dim)),
             "hidden": (128, 128), "d_dropout": 0.0, **standardise, "epochs": 30}
 
@@ -564,10 +471,13 @@ def train_gan(data, out: str | Path | None = None, *, epochs: int | None = None,
                         **to_dict(from_dict(GANFitConfig, saved["fit"]))}
             defaults = {k: v for k, v in defaults.items()
                         if k in model_keys | fit_keys | {"epochs"}}
+    if settings.get("loss") == "hinge":  # label smoothing belongs to the cross-entropy game
+        defaults.pop("label_smoothing", None)
     settings = {**defaults, **settings}
     default_epochs = settings.pop("epochs")
     model_kw = {k: v for k, v in settings.items() if k in model_keys}
-    for key in ("hidden", "d_hidden", "d_mlp_branch", "image_shape", "data_loc", "data_scale"):
+    for key in ("hidden", "d_hidden", "d_mlp_branch", "d_coarse", "image_shape", "data_loc",
+                "data_scale"):
         if model_kw.get(key) is not None:
             model_kw[key] = tuple(model_kw[key])
     if model_kw.get("output") == "sigmoid":

@@ -34,8 +34,8 @@ explicit view, ``pgm evaluate`` -- uses :math:`\bar G`. The last iterate of a GA
 the equilibrium and carries each step's pixel noise; the average sits nearer its centre. On
 mnist5k the MLP GAN's samples without it were speckled strokes (at 30 epochs, and still at 74
 with a constant lr), with β = 0.999 after 100 epochs mostly readable digits
-(:func:`pgm.inference.adversarial.gan_settings_for`). A DCGAN's batch-norm statistics are
-averaged alike, and that holds up: after 200 epochs on mnist5k the averaged G in eval mode,
+(docs/gan-tuning.md has the runs behind the GAN's defaults). A DCGAN's batch-norm statistics
+are averaged alike, and that holds up: after 200 epochs on mnist5k the averaged G in eval mode,
 the last G, and the averaged G with each batch's own statistics scored alike (class ratio
 0.46, 0.43, 0.47; Fréchet 9.4, 9.8, 9.4); at epoch 25 the average still carried the first
 epochs (Fréchet 75 against 17). (The same held for the two-view D: 0.55, 0.55, 0.54; Fréchet
@@ -43,7 +43,7 @@ epochs (Fréchet 75 against 17). (The same held for the two-view D: 0.55, 0.55, 
 defaults there (the wide G with 64 channels at 14x14, one lr, dropout 0.3 in D, the MLP
 branch beside the conv D, no spectral norm in the conv D, 200 epochs) draw smooth, crisp
 strokes where the MLP's stay speckled, about seven digits in ten readable, at about 8x the
-MLP GAN's time per epoch and 54x its cost per AIS step.
+MLP GAN's time per epoch and about 36x its cost per AIS step (54x the two-layer MLP G's).
 
 **Spectral normalisation** (``spectral_norm=True``; Miyato et al. 2018) divides each linear
 and convolutional weight of D by its largest singular value (one power iteration per forward
@@ -51,7 +51,7 @@ pass in training mode, the iteration's vectors saved with the weights), so D is
 1-Lipschitz up to its leaky ReLUs and cannot sharpen into a cliff that gives G no useful
 gradient. On mnist5k it took the MLP GAN from dropping digits (the rarest class 0.025 of the
 most common) to drawing every one; with two time-scales, D's lr 3x G's (Heusel et al. 2017),
-more evenly still (numbers in :func:`pgm.inference.adversarial.gan_settings_for`). It
+more evenly still (numbers in docs/gan-tuning.md). It
 touches D only, so the generator, the explicit view and AIS cost the same.
 
 **The explicit view** (Wu, Burda, Salakhutdinov & Grosse 2017, "On the Quantitative Analysis of
@@ -88,6 +88,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pgm.errors import DataError
@@ -127,6 +128,9 @@ class GANConfig:
     # dcgan: hidden sizes of an MLP discriminator beside the conv one, spectrally normalised,
     # the two logits summed; None: the conv D alone (every DCGAN saved before it existed)
     d_mlp_branch: tuple[int, ...] | None = None
+    # mlp on images: hidden sizes of a second MLP discriminator on the image average-pooled
+    # 2x2 (the coarse view), its logit added to D's; None: D alone (every MLP GAN before it)
+    d_coarse: tuple[int, ...] | None = None
     ema: float = 0.0  # decay of the averaged generator used in eval mode; 0: no average
     spectral_norm: bool = False  # D's linear and conv weights divided by their top singular value
     # real-valued data ("identity" output): D sees (x - data_loc) / data_scale, per dimension;
@@ -180,6 +184,15 @@ class GANConfig:
             if not all(isinstance(n, int) and n > 0 for n in self.d_mlp_branch):
                 raise ValueError(f"d_mlp_branch must be positive layer sizes, got "
                                  f"{self.d_mlp_branch!r}")
+        if self.d_coarse is not None:
+            if self.arch != "mlp" or self.image_shape is None:
+                raise ValueError("d_coarse applies to arch='mlp' on images only (needs "
+                                 "image_shape)")
+            if any(side % 2 for side in self.image_shape):
+                raise ValueError(f"d_coarse pools 2x2, so the image sides must be even, got "
+                                 f"{tuple(self.image_shape)}")
+            if not all(isinstance(n, int) and n > 0 for n in self.d_coarse):
+                raise ValueError(f"d_coarse must be positive layer sizes, got {self.d_coarse!r}")
         if self.arch == "dcgan":
             if self.image_shape is None:
                 raise ValueError("arch='dcgan' needs image_shape")
@@ -253,7 +266,7 @@ def _dcgan_generator(c: GANConfig) -> nn.Module:
     layers = [nn.Linear(c.latent_dim, first * (h // 4) * (w // 4)),
               nn.BatchNorm1d(first * (h // 4) * (w // 4)), _activation(c.activation),
               nn.Unflatten(1, (first, h // 4, w // 4))]
-    if c.g_wide:  # built in this order: the random draws of the runs gan_settings_for quotes
+    if c.g_wide:  # built in this order: the random draws of the runs docs/gan-tuning.md quotes
         layers += [nn.ConvTranspose2d(4 * ch, 2 * ch, 3, stride=1, padding=1),
                    nn.BatchNorm2d(2 * ch), _activation(c.activation)]
     return nn.Sequential(
@@ -282,14 +295,27 @@ def _dcgan_discriminator(c: GANConfig) -> nn.Module:
 
 
 class _SummedLogits(nn.Module):
-    """Two discriminators on the same input, their logits summed: D(x) = D_conv(x) + D_mlp(x)."""
+    """Discriminators on the same input, their logits summed: D(x) = D_conv(x) + D_mlp(x) (the
+    DCGAN's two views), or D_full(x) + D_coarse(x); named, so their weights keep their names."""
 
-    def __init__(self, conv: nn.Module, mlp: nn.Module):
+    def __init__(self, **views: nn.Module):
         super().__init__()
-        self.conv, self.mlp = conv, mlp
+        for name, view in views.items():
+            self.add_module(name, view)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + self.mlp(x)
+        return sum(view(x) for view in self.children())
+
+
+class _Pooled(nn.Module):
+    """``net`` on the (N, H*W) image average-pooled 2x2: (N, H/2 * W/2) inputs."""
+
+    def __init__(self, image_shape: tuple[int, int], net: nn.Module):
+        super().__init__()
+        self.image_shape, self.net = tuple(image_shape), net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(F.avg_pool2d(x.reshape(-1, 1, *self.image_shape), 2).flatten(1))
 
 
 def _spectral_norm(d: nn.Module) -> None:
@@ -332,14 +358,19 @@ class GAN(nn.Module):
         else:
             g = _dcgan_generator(c)
             if c.d_mlp_branch is not None:  # built before the conv D: the order (of random
-                # draws) the runs in gan_settings_for's docstring were trained with
+                # draws) the runs in docs/gan-tuning.md were trained with
                 mlp = _mlp([c.data_dim, *c.d_mlp_branch, 1], c.d_activation, c.d_dropout)
                 _spectral_norm(mlp)
             d = _dcgan_discriminator(c)
         if c.spectral_norm:
             _spectral_norm(d)
         if mlp is not None:
-            d = _SummedLogits(d, mlp)
+            d = _SummedLogits(conv=d, mlp=mlp)
+        if c.d_coarse is not None:  # after D and its spectral norm (the runs' random draws)
+            coarse = _mlp([c.data_dim // 4, *c.d_coarse, 1], c.d_activation, c.d_dropout)
+            if c.spectral_norm:
+                _spectral_norm(coarse)
+            d = _SummedLogits(full=d, coarse=_Pooled(c.image_shape, coarse))
         loc = torch.tensor(c.data_loc if c.data_loc is not None else [0.0] * c.data_dim)
         scale = torch.tensor(c.data_scale if c.data_scale is not None else [1.0] * c.data_dim)
         if c.output == "sigmoid":  # x = (1 + tanh(a)) / 2 in [0, 1]; D sees 2x - 1

@@ -173,8 +173,10 @@ def _col(rows, key) -> np.ndarray:
 
 
 def training_curves_figure(history: list[dict], steps: list[list] | None = None, *,
-                           generator_loss: str = "non-saturating", title=None) -> Figure:
-    """Losses (left) and D's outputs and accuracy (right) per epoch; steps faint behind."""
+                           generator_loss: str = "non-saturating", loss: str = "cross-entropy",
+                           title=None) -> Figure:
+    """Losses (left) and D's outputs and accuracy (right) per epoch; steps faint behind. The
+    dotted lines: each loss where D's logit is 0 (D = 1/2), for the game ``loss`` played."""
     fig = Figure(figsize=(10.0, 3.6), layout="constrained")
     ax_l, ax_d = fig.subplots(1, 2)
     ep = _col(history, "epoch")
@@ -190,8 +192,11 @@ def training_curves_figure(history: list[dict], steps: list[list] | None = None,
             ax.plot(t[ok][::stride], y[ok][::stride], color=color, lw=0.4, alpha=0.25)
     ax_l.plot(ep, _col(history, "d_loss"), "-o", ms=2.5, color="tab:red", label="D loss")
     ax_l.plot(ep, _col(history, "g_loss"), "-o", ms=2.5, color="tab:purple", label="G loss")
-    ax_l.axhline(2 * math.log(2), color="tab:red", ls=":", lw=0.9, label="D loss at D = 1/2")
-    ax_l.axhline(math.log(2) * (1 if generator_loss == "non-saturating" else -1),
+    hinge = loss == "hinge"  # max(0, 1 - 0) + max(0, 1 + 0) = 2 and -0 at a logit of 0
+    ax_l.axhline(2.0 if hinge else 2 * math.log(2), color="tab:red", ls=":", lw=0.9,
+                 label="D loss at D = 1/2")
+    ax_l.axhline(0.0 if hinge else math.log(2) * (1 if generator_loss == "non-saturating"
+                                                  else -1),
                  color="tab:purple", ls=":", lw=0.9, label="G loss at D = 1/2")
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("loss (nats)")
@@ -232,10 +237,10 @@ def write_gan_figures(run_dir: str | Path, model, data, history: list[dict], *,
     written = []
     if history:
         steps = read_steps(run_dir / STEPS, int(history[-1]["epoch"]))
-        loss = fit_cfg.get("generator_loss", "non-saturating")
-        written.append(plots.save_figure(training_curves_figure(history, steps,
-                                                                generator_loss=loss),
-                                         fig_dir / "training_curves.png"))
+        curves = training_curves_figure(
+            history, steps, generator_loss=fit_cfg.get("generator_loss", "non-saturating"),
+            loss=fit_cfg.get("loss", "cross-entropy"))
+        written.append(plots.save_figure(curves, fig_dir / "training_curves.png"))
     if model.data_dim == 1:
         snaps = load_snapshots(run_dir / SNAPSHOTS) or getattr(model, "snapshots", None)
         if snaps is None:  # a model trained elsewhere: its state now

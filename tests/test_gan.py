@@ -104,20 +104,22 @@ def test_toy_run_directory(toy, gauss1d):
 # ----------------------------------------------------------------------------- the two steps
 
 
-@pytest.mark.parametrize("loss", ["non-saturating", "minimax"])
-def test_each_step_leaves_the_other_player_bitwise_unchanged(loss):
+@pytest.mark.parametrize("game,loss", [("cross-entropy", "non-saturating"),
+                                       ("cross-entropy", "minimax"), ("hinge", "non-saturating")])
+def test_each_step_leaves_the_other_player_bitwise_unchanged(game, loss):
     torch.manual_seed(0)
     gan = GAN(data_dim=3, latent_dim=2, hidden=(8,), output="identity", d_dropout=0.1)
     opt_g, opt_d = make_optimizers(gan, GANFitConfig())
     x = torch.randn(16, 3)
     g0, d0 = _state(gan.generator), _state(gan.discriminator)
-    discriminator_step(gan, opt_d, x, label_smoothing=0.1)
+    discriminator_step(gan, opt_d, x, label_smoothing=0.1 if game == "cross-entropy" else 0.0,
+                       loss=game)
     _assert_same(_state(gan.generator), g0)
     assert not all(torch.equal(a, b) for a, b in zip(_state(gan.discriminator).values(),
                                                      d0.values()))
     d1 = _state(gan.discriminator)
     d_grads = [p.grad.clone() for p in gan.discriminator.parameters()]  # from the D step
-    generator_step(gan, opt_g, 16, generator_loss=loss)
+    generator_step(gan, opt_g, 16, generator_loss=loss, loss=game)
     _assert_same(_state(gan.discriminator), d1)
     for p, g in zip(gan.discriminator.parameters(), d_grads):  # no gradient reached D
         assert torch.equal(p.grad, g)
@@ -142,11 +144,11 @@ def test_averaged_generator_follows_the_trained_one_and_serves_eval_mode():
     assert "generator_ema.net.0.weight" in gan.state_dict()  # saved and resumed with the run
 
 
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-def test_spectral_norm_bounds_every_layer_of_the_discriminator(arch):
+@pytest.mark.parametrize("arch,coarse", [("mlp", None), ("mlp", (8,)), ("dcgan", None)])
+def test_spectral_norm_bounds_every_layer_of_the_discriminator(arch, coarse):
     torch.manual_seed(0)
     gan = GAN(data_dim=64, latent_dim=4, hidden=(32,), image_shape=(8, 8), arch=arch,
-              channels=4, spectral_norm=True)
+              channels=4, spectral_norm=True, d_coarse=coarse)
     layers = [m for m in gan.discriminator.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
     assert not any(parametrize.is_parametrized(m) for m in gan.generator.modules())
@@ -158,6 +160,31 @@ def test_spectral_norm_bounds_every_layer_of_the_discriminator(arch):
         assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1, abs=0.05)
     with pytest.raises(ValueError, match="spectral_norm must be true or false"):
         GANConfig(data_dim=4, spectral_norm="yes")
+
+
+def test_coarse_discriminator_adds_the_logit_of_the_image_pooled_2x2():
+    """With ``d_coarse`` the MLP GAN's D(x) = D_full(x) + D_coarse(avgpool_2x2(x)), both on
+    the discriminator's own input 2x - 1; without it D is built (and named) as before."""
+    torch.manual_seed(0)
+    kw = dict(data_dim=16, latent_dim=2, hidden=(8,), image_shape=(4, 4))
+    gan = GAN(**kw, d_coarse=(6, 5)).eval()
+    x = torch.rand(3, 16)
+    views = gan.discriminator.net[1]
+    xd = 2 * x - 1
+    pooled = xd.reshape(3, 2, 2, 2, 2).mean((2, 4)).reshape(3, 4)  # (row block, col block)
+    assert views.coarse.net[0].in_features == 4
+    with torch.no_grad():
+        expected = views.full(xd) + views.coarse.net(pooled)
+        torch.testing.assert_close(gan.discriminate(x), expected.squeeze(-1))
+    torch.manual_seed(0)
+    plain = GAN(**kw)
+    assert not any("coarse" in k or "full" in k for k in plain.state_dict())
+    with pytest.raises(ValueError, match="d_coarse applies"):
+        GANConfig(data_dim=16, d_coarse=(4,))  # no image
+    with pytest.raises(ValueError, match="even"):
+        GANConfig(data_dim=15, image_shape=(3, 5), d_coarse=(4,))
+    with pytest.raises(ValueError, match="positive layer sizes"):
+        GANConfig(**kw, d_coarse=(0,))
 
 
 def test_dcgan_discriminator_drops_out_in_training_only_and_keeps_its_weight_names():
@@ -342,6 +369,47 @@ def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing
     expected = bce(p_real, torch.full_like(p_real, 0.8)) + bce(p_fake, torch.zeros_like(p_fake))
     torch.testing.assert_close(stats[0], expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(stats[1], p_real.mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_hinge_losses_are_the_margins_on_the_logit():
+    """D: mean max(0, 1 - d(x)) + mean max(0, 1 + d(G(z))); G: -mean d(G(z)), on the same
+    draws; the statistics stay sigma(d)."""
+    torch.manual_seed(0)
+    gan = GAN(data_dim=2, latent_dim=2, hidden=(8,), output="identity")
+    opt_g, opt_d = make_optimizers(gan, GANFitConfig(lr=1e-12))
+    x = 3 * torch.randn(32, 2)  # logits on both sides of the margins
+    torch.manual_seed(5)
+    stats = discriminator_step(gan, opt_d, x, loss="hinge")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        fake = gan.generate(gan.sample_z(32))  # the step's order of random draws (dropout)
+        d_real, d_fake = gan.discriminate(x), gan.discriminate(fake)
+    expected = torch.clamp(1 - d_real, min=0).mean() + torch.clamp(1 + d_fake, min=0).mean()
+    torch.testing.assert_close(stats[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stats[1], torch.sigmoid(d_real).mean(), rtol=1e-4, atol=1e-6)
+    torch.manual_seed(7)
+    g_loss = generator_step(gan, opt_g, 32, loss="hinge")
+    torch.manual_seed(7)
+    with torch.no_grad():
+        expected_g = -gan.discriminate(gan.generate(gan.sample_z(32))).mean()
+    torch.testing.assert_close(g_loss, expected_g, rtol=1e-4, atol=1e-6)
+
+
+def test_hinge_loss_trains_an_image_gan_without_the_cross_entropy_settings(tmp_path):
+    """train_gan(loss="hinge") drops the images' default label smoothing (a cross-entropy
+    setting); asking for both, or for an unknown loss, is refused."""
+    data = pgm.load_dataset("digits", binarize="none")
+    gan, history = train_gan(data, tmp_path / "h", epochs=1, progress=False, hidden=(16,),
+                             latent_dim=4, loss="hinge")
+    saved = io.read_config(tmp_path / "h")["fit"]
+    assert saved["loss"] == "hinge" and saved["label_smoothing"] == 0.0
+    assert math.isfinite(history[0]["d_loss"]) and math.isfinite(history[0]["g_loss"])
+    with pytest.raises(ValueError, match="belong to the cross-entropy"):
+        train_gan(data, None, epochs=1, loss="hinge", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="belong to the cross-entropy"):
+        GANFitConfig(loss="hinge", generator_loss="minimax")
+    with pytest.raises(ValueError, match="unknown loss"):
+        GANFitConfig(loss="wasserstein")
 
 
 def test_k_discriminator_steps_per_generator_step(gauss1d):
@@ -542,14 +610,16 @@ def test_a_dcgan_saved_before_the_mlp_branch_and_wide_g_resumes_and_loads_as_it_
     assert not gan.config.g_wide and gan.generator.net[0][0].out_features == 2 * 64 * 2 * 2
 
 
-def test_an_mlp_gan_saved_before_g_batchnorm_and_g_upsample_resumes_and_loads_as_it_was(
+def test_an_mlp_gan_saved_before_g_batchnorm_g_upsample_and_d_coarse_resumes_as_it_was(
         tmp_path):
-    """A run written before ``g_batchnorm`` and ``g_upsample`` existed (no such keys in its
-    config.json) resumes with its own generator, not today's defaults, and loads as saved."""
-    gan = _resumed_old_run(tmp_path, ("g_batchnorm", "g_upsample"), hidden=(16,),
-                           g_batchnorm=False, g_upsample=1)
+    """A run written before ``g_batchnorm``, ``g_upsample`` and ``d_coarse`` existed (no such
+    keys in its config.json) resumes with its own networks, not today's defaults, and loads
+    as saved."""
+    gan = _resumed_old_run(tmp_path, ("g_batchnorm", "g_upsample", "d_coarse"), hidden=(16,),
+                           g_batchnorm=False, g_upsample=1, d_coarse=None)
     assert not gan.config.g_batchnorm and gan.config.g_upsample == 1
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.Upsample)) for m in gan.generator.modules())
+    assert gan.config.d_coarse is None and not hasattr(gan.discriminator.net[1], "coarse")
 
 
 def test_cli_trains_the_dcgan_with_its_own_defaults(tmp_path):

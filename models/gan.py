@@ -7,12 +7,14 @@ by the two-player game of :mod:`pgm.inference.adversarial`, and "no loss tells y
 generator is" (the lecture). Architectures: ``"mlp"`` (any data; the generator's hidden sizes
 ``hidden``, the discriminator's ``d_hidden``, default the reverse; with ``g_batchnorm`` batch
 norm after each hidden layer of G, with ``g_upsample`` f its last layer at 1/f of the image's
-sides, upsampled bilinearly) and ``"dcgan"`` (Radford et
-al. 2016, scaled down for 28x28: Linear -> 2c x H/4 x W/4 -> two stride-2 transposed
-convolutions with batch norm in G, or with ``g_wide`` Linear -> 4c x H/4 x W/4 -> a stride-1
-3x3 transposed convolution to 2c before them; two stride-2 convolutions with leaky ReLU and
-dropout in D, and with ``d_mlp_branch`` an MLP D on the whole image beside it, spectrally
-normalised, the two logits summed: the conv D judges strokes, the MLP the digit's shape).
+sides, upsampled bilinearly; with ``d_coarse`` a second MLP discriminator on the image
+average-pooled 2x2 beside D, the two logits summed: the multi-scale D of Wang et al. 2018,
+whose coarse view judges the digit's shape) and ``"dcgan"`` (Radford et al. 2016, scaled
+down for 28x28: Linear -> 2c x H/4 x W/4 -> two stride-2 transposed convolutions with batch
+norm in G, or with ``g_wide`` Linear -> 4c x H/4 x W/4 -> a stride-1 3x3 transposed
+convolution to 2c before them; two stride-2 convolutions with leaky ReLU and dropout in D, and
+with ``d_mlp_branch`` an MLP D on the whole image beside it, spectrally normalised, the two
+logits summed: the conv D judges strokes, the MLP the digit's shape).
 The output activation is ``"sigmoid"`` for grey images in [0, 1] and ``"identity"`` for real
 data. The "sigmoid" output is computed as :math:`(1 + \tanh a) / 2 = \sigma(2a)` and the
 discriminator sees :math:`2x - 1`: the usual tanh GAN on data in [-1, 1] (Radford et al. 2016),

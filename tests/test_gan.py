@@ -187,6 +187,22 @@ def test_coarse_discriminator_adds_the_logit_of_the_image_pooled_2x2():
         GANConfig(**kw, d_coarse=(0,))
 
 
+def test_image_defaults_halve_the_sides_only_where_they_are_even():
+    """The MLP GAN's defaults draw at half resolution and judge a 2x2-pooled view; images with
+    an odd side get neither, and the defaults build a GAN for both."""
+    from types import SimpleNamespace
+
+    from pgm.inference.adversarial import gan_settings_for
+
+    keys = set(GANConfig.__dataclass_fields__)
+    for shape, halves in (((6, 4), True), ((5, 4), False)):
+        x = torch.rand(10, shape[0] * shape[1])
+        data = SimpleNamespace(x_train=x, data_dim=x.shape[1], image_shape=shape)
+        settings = gan_settings_for(data)
+        assert ("d_coarse" in settings) == ("g_upsample" in settings) == halves
+        GAN(GANConfig(data_dim=x.shape[1], **{k: v for k, v in settings.items() if k in keys}))
+
+
 def test_dcgan_discriminator_drops_out_in_training_only_and_keeps_its_weight_names():
     """d_dropout reaches the DCGAN's D (after each activation), is off in eval mode and at 0,
     and adds no weights: a DCGAN saved before dropout existed there loads as it was; its

@@ -103,6 +103,11 @@ Z_DISTS = ("normal", "uniform")
 OUTPUTS = ("sigmoid", "identity")
 
 
+def _check_layer_sizes(field: str, sizes) -> None:
+    if not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise ValueError(f"{field} must be positive layer sizes, got {sizes!r}")
+
+
 @dataclass
 class GANConfig:
     data_dim: int
@@ -183,9 +188,7 @@ class GANConfig:
             if self.arch != "dcgan":
                 raise ValueError("d_mlp_branch applies to arch='dcgan' only (the MLP GAN's D is "
                                  "an MLP already)")
-            if not all(isinstance(n, int) and n > 0 for n in self.d_mlp_branch):
-                raise ValueError(f"d_mlp_branch must be positive layer sizes, got "
-                                 f"{self.d_mlp_branch!r}")
+            _check_layer_sizes("d_mlp_branch", self.d_mlp_branch)
         if self.d_coarse is not None:
             if self.arch != "mlp" or self.image_shape is None:
                 raise ValueError("d_coarse applies to arch='mlp' on images only (needs "
@@ -193,8 +196,7 @@ class GANConfig:
             if any(side % 2 for side in self.image_shape):
                 raise ValueError(f"d_coarse pools 2x2, so the image sides must be even, got "
                                  f"{tuple(self.image_shape)}")
-            if not all(isinstance(n, int) and n > 0 for n in self.d_coarse):
-                raise ValueError(f"d_coarse must be positive layer sizes, got {self.d_coarse!r}")
+            _check_layer_sizes("d_coarse", self.d_coarse)
         if self.arch == "dcgan":
             if self.image_shape is None:
                 raise ValueError("arch='dcgan' needs image_shape")

@@ -192,12 +192,13 @@ def training_curves_figure(history: list[dict], steps: list[list] | None = None,
             ax.plot(t[ok][::stride], y[ok][::stride], color=color, lw=0.4, alpha=0.25)
     ax_l.plot(ep, _col(history, "d_loss"), "-o", ms=2.5, color="tab:red", label="D loss")
     ax_l.plot(ep, _col(history, "g_loss"), "-o", ms=2.5, color="tab:purple", label="G loss")
-    hinge = loss == "hinge"  # max(0, 1 - 0) + max(0, 1 + 0) = 2 and -0 at a logit of 0
-    ax_l.axhline(2.0 if hinge else 2 * math.log(2), color="tab:red", ls=":", lw=0.9,
-                 label="D loss at D = 1/2")
-    ax_l.axhline(0.0 if hinge else math.log(2) * (1 if generator_loss == "non-saturating"
-                                                  else -1),
-                 color="tab:purple", ls=":", lw=0.9, label="G loss at D = 1/2")
+    if loss == "hinge":  # max(0, 1 - 0) + max(0, 1 + 0) and -0 at a logit of 0
+        d_ref, g_ref = 2.0, 0.0
+    else:  # 2 log 2, and -log(1/2) or log(1/2) for G
+        d_ref = 2 * math.log(2)
+        g_ref = math.log(2) * (1 if generator_loss == "non-saturating" else -1)
+    ax_l.axhline(d_ref, color="tab:red", ls=":", lw=0.9, label="D loss at D = 1/2")
+    ax_l.axhline(g_ref, color="tab:purple", ls=":", lw=0.9, label="G loss at D = 1/2")
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("loss (nats)")
     ax_l.legend(fontsize="x-small")

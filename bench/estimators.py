@@ -61,7 +61,7 @@ import pgm.compiled
 from pgm.device import resolve_device
 from pgm.inference.adapter import latent_callables
 from pgm.inference.ais import ais, bdmc_upper
-from pgm.inference.bounds import PAIRS_PER_CHUNK, PAIRS_PER_CHUNK_CPU, iwae_bound
+from pgm.inference.bounds import default_chunk_size, iwae_bound
 from pgm.inference.program import Program
 from pgm.inference.schedules import sigmoid_schedule
 
@@ -234,7 +234,7 @@ def iwae_child(weights: str, n: int, K: int, device) -> None:
     model.to(device).eval()
     x = data.x_test[:n].to(device)
     f = latent_callables(model)
-    chunk = max(1, (PAIRS_PER_CHUNK_CPU if device.type == "cpu" else PAIRS_PER_CHUNK) // n)
+    chunk = default_chunk_size(x)
     t0 = time.perf_counter()
     iwae_bound(f, x, Ks=(chunk + K % chunk,))
     warmup = time.perf_counter() - t0

@@ -55,6 +55,7 @@ from .callables import Estimate, LatentCallables
 __all__ = [
     "PAIRS_PER_CHUNK",
     "PAIRS_PER_CHUNK_CPU",
+    "default_chunk_size",
     "check_data",
     "elbo",
     "iwae_bound",
@@ -69,6 +70,13 @@ __all__ = [
 #: VAE, 1 thread) took 4.6-5.3 s with 2^10-2^12 pairs against 7.2-7.5 s with 2^16.
 PAIRS_PER_CHUNK = 2**16
 PAIRS_PER_CHUNK_CPU = 2**12
+
+
+def default_chunk_size(x: Tensor) -> int:
+    """Particles per call to the callables for the datapoints x: about
+    :data:`PAIRS_PER_CHUNK` (particle, datapoint) pairs, :data:`PAIRS_PER_CHUNK_CPU` on a CPU."""
+    pairs = PAIRS_PER_CHUNK_CPU if x.device.type == "cpu" else PAIRS_PER_CHUNK
+    return max(1, pairs // len(x))
 
 
 def check_data(x: Tensor) -> int:
@@ -131,8 +139,7 @@ def log_importance_weights(
     B = check_data(x)
     K = _check_count("K", K)
     if chunk_size is None:
-        pairs = PAIRS_PER_CHUNK_CPU if x.device.type == "cpu" else PAIRS_PER_CHUNK
-        chunk_size = max(1, pairs // B)
+        chunk_size = default_chunk_size(x)
     chunk_size = _check_count("chunk_size", chunk_size)
     if proposal not in ("q", "prior"):
         raise ValueError(f"proposal must be 'q' or 'prior', got {proposal!r}")

@@ -226,8 +226,9 @@ def ais_step(
         """log p(x, z), log p_0(z) ``(C, B)`` and their gradients ``(C, B, L)``, detached."""
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
-            base = log_p0(x, z_ if grad_p0 is None else z.detach())  # (C, B)
+            # the joint first: traced callables reuse its model trace for log p(z) at the same z
             joint = f.log_joint(x, z_)  # (C, B)
+            base = log_p0(x, z_ if grad_p0 is None else z.detach())  # (C, B)
             if base.shape != (C, B) or joint.shape != (C, B):
                 raise ValueError(
                     f"log densities must have shape ({C}, {B}), got {tuple(base.shape)} "

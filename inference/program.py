@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
+import pyro.distributions.util as dist_util
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -57,7 +58,7 @@ from torch import Tensor
 from torch.distributions import biject_to
 from torch.distributions.transforms import identity_transform
 
-from pgm.errors import PgmError
+from pgm.errors import DataError, PgmError
 
 from .callables import LatentCallables
 
@@ -70,6 +71,19 @@ class ProgramError(PgmError, ValueError):
     """A model/guide pair the estimators cannot measure; the message says why and what to do."""
 
 
+def _varying_support(name: str, support) -> ProgramError:
+    return ProgramError(
+        f"latent site {name!r} has a support that changes with the datapoint or with other "
+        f"latents ({support}): pgm moves each latent to R^L by one bijection for all "
+        "datapoints; write it on a fixed support (e.g. z = c * u with u ~ Uniform(0, 1), the "
+        "log-Jacobian as a pyro.factor)")
+
+
+def _outside(name: str, support) -> ProgramError:
+    return ProgramError(f"the guide draws {name!r} outside the model's support ({support}): "
+                        "the guide's support must lie inside the model's")
+
+
 class LatentSite(NamedTuple):
     """One continuous latent site's place in the packed vector."""
 
@@ -78,11 +92,17 @@ class LatentSite(NamedTuple):
     event_dim: int  # of the site's distribution (in the constrained space)
     rest: tuple[int, ...]  # unconstrained shape per (particle, datapoint), plate dims kept
     size: int  # prod(rest): the site's share of the packed vector
+    support: object  # the model's support of the site (a torch Constraint)
+    support_key: tuple  # the same described (:func:`_support_key`): one in every batch
+    check_draws: bool  # the guide's support differs from the model's: its draws are checked
 
 
 def _sample_sites(tr):
+    """The trace's sample sites, without plates' subsample sites and ``pyro.deterministic``
+    records (a Delta at a computed value: no density, no data)."""
     return [(name, site) for name, site in tr.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)]
+            if site["type"] == "sample" and not site_is_subsample(site)
+            and not site["infer"].get("_deterministic")]
 
 
 def _plates(site) -> list:
@@ -117,6 +137,30 @@ def _fn_name(fn) -> str:
     return type(_base(fn)).__name__
 
 
+def _support_key(c):
+    """A hashable description of the support ``c``, or None where its parameters vary over
+    its tensor's elements (a bound per datapoint or per draw of another latent)."""
+    key = [type(c).__name__]
+    for name, v in sorted(vars(c).items()):
+        if isinstance(v, Tensor):
+            flat = v.detach().reshape(-1)
+            if flat.numel() and not bool((flat == flat[0]).all()):
+                return None
+            key.append((name, flat[0].item() if flat.numel() else None))
+        elif isinstance(v, torch.distributions.constraints.Constraint):
+            sub = _support_key(v)
+            if sub is None:
+                return None
+            key.append((name, sub))
+        elif isinstance(v, int | float | bool | str):
+            key.append((name, v))
+    return tuple(key)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0].rstrip(":") if str(e).strip() else type(e).__name__
+
+
 class Program:
     r"""A Pyro model/guide pair, read from one trace of each on a batch ``x``.
 
@@ -135,10 +179,22 @@ class Program:
         self.model, self.guide = model, guide
         B = x.shape[0]
         # a probe: it leaves the caller's random stream as it was
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), poutine.block():
-            guide_tr = poutine.trace(guide).get_trace(x, *args, **kwargs)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
-                x, *args, **kwargs)
+        try:
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
+                    poutine.block():
+                guide_tr = poutine.trace(guide).get_trace(x, *args, **kwargs)
+                model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
+                    x, *args, **kwargs)
+        except ValueError as e:
+            if "Shape mismatch inside plate" not in str(e):
+                raise
+            raise ProgramError(
+                f"tracing the program on a batch of {B} datapoints failed ({_first_line(e)}): "
+                "pgm runs the model and guide on batches of x, so each plate over the "
+                "datapoints must take its size from the x it is given (pyro.plate('data', "
+                "len(x))); a guide with a parameter per datapoint of the whole data set (an "
+                "AutoGuide, a pyro.param of size N) cannot run on batches: use an amortized "
+                "guide (an encoder of x)") from None
         self.nesting = _nesting(model_tr, guide_tr)
         self.particle_dim = -(self.nesting + 1)
         model_sites = _sample_sites(model_tr)
@@ -181,16 +237,26 @@ class Program:
             if name not in guide_names:
                 raise ProgramError(f"the guide has no site {name!r}: it must sample every "
                                    "continuous latent of the model")
+            if not any(f.size == B and f.dim == self.data_dim
+                       for f in _plates(guide_tr.nodes[name])):
+                raise ProgramError(
+                    f"the guide samples {name!r} outside a plate over the datapoints: wrap it "
+                    f"in pyro.plate(..., len(x)) at dim {self.data_dim}, as the model's "
+                    f"{self.data_plate!r}")
             latents.append(name)
         extra = guide_names - set(latents)
         if extra:
             raise ProgramError(f"the guide samples {sorted(extra)}, which the model does not")
         self.enumerated = tuple(enumerated)
         self.point_guide = any(_fn_name(guide_tr.nodes[n]["fn"]) == "Delta" for n in latents)
-        # Shapes under the particle plate (K = 1) give each site's place in the packed vector.
+        # Shapes under the particle plate (K = 1) give each site's place in the packed vector,
+        # and the model's distributions at the guide's draws each site's support
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             tr = self._trace(guide, 1, x, args, kwargs)
-        self.latents = tuple(self._site(name, tr.nodes[name]) for name in latents)
+            mtr = self._trace(model, 1, x, args, kwargs, enum=bool(enumerated),
+                              values={n: tr.nodes[n]["value"] for n in latents})
+        self.latents = tuple(self._site(name, mtr.nodes[name], tr.nodes[name])
+                             for name in latents)
         self.latent_dim = sum(s.size for s in self.latents)
         self._x_rest = tuple(x.shape[1:])
 
@@ -208,23 +274,76 @@ class Program:
                                    "observed site")
             return match[0]
         if not common:
+            enclosing = None  # the plates of any size around every observed site
+            for _, site in observed:
+                frames = {(f.name, f.size) for f in _plates(site)}
+                enclosing = frames if enclosing is None else enclosing & frames
+            if enclosing:
+                raise ProgramError(
+                    f"the observed sites lie in plate "
+                    f"{' and '.join(f'{n!r} of size {k}' for n, k in sorted(enclosing))}, not "
+                    f"in one of size {B}, the datapoints of the batch x the program was run on: "
+                    "pgm runs the model and guide on batches of x, so the plate over the "
+                    "datapoints must take its size from the x it is given (pyro.plate('data', "
+                    "len(x))); a guide with a parameter per datapoint of the whole data set (an "
+                    "AutoGuide, a pyro.param of size N) cannot run on batches: use an amortized "
+                    "guide (an encoder of x)")
             raise ProgramError(
-                f"no plate of size len(x) = {B} encloses every observed site: wrap the "
-                f"program's sites in `with pyro.plate('data', len(x)):` so that each datapoint "
-                "gets its own log p(x)")
+                f"no plate of size {B} (the datapoints of the batch x it was run on) encloses "
+                f"every observed site: wrap the program's sites in `with pyro.plate('data', "
+                "len(x)):` so that each datapoint gets its own log p(x)")
         if len(common) > 1:
-            raise ProgramError(f"several plates of size {B} enclose the observed sites "
-                               f"({', '.join(sorted(n for n, _ in common))}): name the data "
-                               "plate with data_plate=...")
+            e = ProgramError(f"several plates of size {B} enclose the observed sites "
+                             f"({', '.join(sorted(n for n, _ in common))}): name the data "
+                             "plate with data_plate=...")
+            e.candidates = {n for n, _ in common}
+            raise e
         return next(iter(common))
 
-    def _site(self, name: str, site) -> LatentSite:
+    def _site(self, name: str, site, guide_site) -> LatentSite:
+        """The site's place in the packed vector, from the model's distribution at the guide's
+        draw: its support is the model's (the guide's may be narrower: IWAE stays a bound, but
+        AIS and quadrature must integrate over all of it)."""
         fn, value = site["fn"], site["value"]
+        key = _support_key(fn.support)
+        if key is None:
+            raise _varying_support(name, fn.support)
+        check = _support_key(guide_site["fn"].support) != key
+        if check and not bool(fn.support.check(value).all()):
+            raise _outside(name, fn.support)
         t = biject_to(fn.support)
         u = t.inv(value)
         nb = value.dim() - fn.event_dim
         rest = tuple(self._front(u, nb).shape[2:])
-        return LatentSite(name, t, fn.event_dim, rest, math.prod(rest))
+        return LatentSite(name, t, fn.event_dim, rest, math.prod(rest), fn.support, key, check)
+
+    def _check_draws(self, tr) -> None:
+        """The guide's draws lie in the model's supports (where the guide's support differs)."""
+        for s in self.latents:
+            if s.check_draws and not bool(s.support.check(tr.nodes[s.name]["value"]).all()):
+                raise _outside(s.name, s.support)
+
+    def _check_data(self, x: Tensor, args, kwargs) -> None:
+        """One validated run of the model on ``x`` (its latents drawn from the prior, the
+        caller's random stream untouched): the observed values must lie in their sites'
+        supports and the distributions' parameters be valid, as Pyro's validation checks them
+        (the estimators run unvalidated: HMC must see a non-finite density, not an error),
+        unless the user turned Pyro's validation off (``pyro.enable_validation(False)``); and
+        each latent site must keep the support it had in the probe."""
+        devices = [x.device] if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            try:
+                tr = self._trace(self.model, 1, x, args, kwargs,
+                                 validate=dist_util.is_validation_enabled())
+                for n in self.observed:
+                    tr.nodes[n]["fn"].log_prob(tr.nodes[n]["value"])
+            except ValueError as e:
+                raise DataError(f"the model rejects this batch of x ({len(x)} datapoints): "
+                                f"{_first_line(e)}") from None
+        for s in self.latents:
+            support = tr.nodes[s.name]["fn"].support
+            if _support_key(support) != s.support_key:
+                raise _varying_support(s.name, support)
 
     def _front(self, t: Tensor, nb: int) -> Tensor:
         """``t`` with its particle and data dims moved to the front; ``nb`` = its batch rank."""
@@ -233,7 +352,8 @@ class Program:
         return t.movedim((nb + self.particle_dim, nb + self.data_dim), (0, 1))
 
     # ---- running the programs ---------------------------------------------------------------
-    def _trace(self, fn, K: int, x, args, kwargs, *, values=None, enum=False, uncondition=False):
+    def _trace(self, fn, K: int, x, args, kwargs, *, values=None, enum=False, uncondition=False,
+               validate=False):
         def vectorised(*a, **kw):
             with pyro.plate(PARTICLES, K, dim=self.particle_dim):
                 return fn(*a, **kw)
@@ -247,7 +367,7 @@ class Program:
             f = poutine.uncondition(f)
         # HMC may propose points where a parameter overflows; the kernel rejects a non-finite
         # density as a divergence, so distributions must return it rather than raise
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(validate):
             return poutine.trace(f).get_trace(x, *args, **kwargs)
 
     def _pack(self, tr) -> Tensor:
@@ -311,6 +431,7 @@ class Program:
 
         last: dict = {}  # the last model trace: AIS and HMC ask log p(z) and log p(x, z)
         # at the same z one after the other, and one trace of the model serves both
+        checked: dict = {}  # the last x validated (:meth:`_check_data`)
 
         def model_trace(x, z):
             """The model traced at packed ``z`` (with data ``x``; None: any data will do)."""
@@ -319,6 +440,10 @@ class Program:
                 return last["trace"], last["ladj"]
             K, B = z.shape[:2]
             values, ladj = self._unpack(z)
+            if x is not None and not (checked.get("x") is not None and _same(checked["x"], x)
+                                      and checked["version"] == x._version):
+                self._check_data(x, args, kwargs)
+                checked.update(x=x, version=x._version)
             x = self._x(B, z, x_like) if x is None else x
             tr = self._trace(model, K, x, args, kwargs, values=values, enum=enum)
             last.update(z=z, version=z._version, x=x, trace=tr, ladj=ladj)
@@ -334,7 +459,9 @@ class Program:
 
         def sample_q(x, K):
             with torch.no_grad():
-                return self._packed_or_empty(self._trace(guide, K, x, args, kwargs), K, x)
+                tr = self._trace(guide, K, x, args, kwargs)
+                self._check_draws(tr)
+                return self._packed_or_empty(tr, K, x)
 
         def log_q(z, x):
             K, B = z.shape[:2]

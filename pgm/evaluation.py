@@ -81,6 +81,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 
@@ -95,7 +96,7 @@ from pgm.inference.bounds import (
     log_mean_exp,
 )
 from pgm.inference.callables import Estimate, LatentCallables
-from pgm.inference.program import Program
+from pgm.inference.program import Program, ProgramError
 from pgm.inference.schedules import linear_schedule, sigmoid_schedule
 
 SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
@@ -131,7 +132,8 @@ class EvalConfig:
     # than the prior: bench/accuracy.py), else the Laplace proposal (bench/ais_settings.py)
     ais_initial: str = "auto"
     ais_n: int = 100  # AIS is run on the first ais_n of the n datapoints
-    bdmc: bool = False  # BDMC sandwich on ais_n datapoints simulated from the model
+    bdmc: bool = False  # BDMC sandwich on ais_n datapoints simulated from the model (one that
+    # can simulate them: continuous latents, and for a Pyro program one observed site)
     gaps: bool = False  # amortization / approximation gaps on the first gaps_n datapoints
     gaps_n: int = 100
     gaps_steps: int = 500
@@ -378,10 +380,36 @@ class Subject:
     labels: LabelSum | None = None  # a conditional model's label, summed out (module docstring)
 
 
-def _rows(args, n: int, lo: int, hi: int) -> list:
-    """``args`` with the per-datapoint tensors (first dimension n) sliced to [lo, hi)."""
-    return [a[lo:hi] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n else a
-            for a in args]
+class Rows(NamedTuple):
+    """A program's arguments after x, positional and keyword, with the per-datapoint ones
+    marked once, by their length against the full data (``Rows.of``): a tensor that only
+    happens to be as long as a batch is never sliced."""
+
+    args: tuple
+    kwargs: dict
+    per_datapoint: frozenset  # positions (int) and names (str) of the per-datapoint tensors
+
+    @classmethod
+    def of(cls, args, kwargs, n: int) -> Rows:
+        """Tensors with first dimension ``n`` (the number of datapoints) are per datapoint."""
+        def rows(a):
+            return isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
+        per = {i for i, a in enumerate(args) if rows(a)} | {k for k, a in kwargs.items()
+                                                            if rows(a)}
+        return cls(tuple(args), dict(kwargs), frozenset(per))
+
+    def slice(self, lo: int, hi: int) -> Rows:
+        """The arguments of datapoints [lo, hi)."""
+        return Rows(tuple(a[lo:hi] if i in self.per_datapoint else a
+                          for i, a in enumerate(self.args)),
+                    {k: a[lo:hi] if k in self.per_datapoint else a
+                     for k, a in self.kwargs.items()}, self.per_datapoint)
+
+    def to(self, device) -> Rows:
+        def move(a):
+            return a.to(device) if isinstance(a, torch.Tensor) else a
+        return Rows(tuple(move(a) for a in self.args),
+                    {k: move(a) for k, a in self.kwargs.items()}, self.per_datapoint)
 
 
 def model_subject(model, x: torch.Tensor, y: torch.Tensor | None, *,
@@ -423,17 +451,39 @@ def model_subject(model, x: torch.Tensor, y: torch.Tensor | None, *,
                    labels=summed)
 
 
+def _probe(model, guide, x: torch.Tensor, rows: Rows, data_plate: str | None) -> Program:
+    """The program read from a trace on the first two datapoints; where a second plate of
+    that size (a plate over two features, say) makes the data plate ambiguous, the plate
+    whose size follows the batch's, from a second trace on three."""
+    def read(m, plate):
+        r = rows.slice(0, m)
+        return Program(model, guide, x[:m], *r.args, data_plate=plate, **r.kwargs)
+
+    try:
+        return read(min(len(x), 2), data_plate)
+    except ProgramError as e:
+        if data_plate is not None or not hasattr(e, "candidates") or len(x) < 3:
+            raise
+        try:
+            return read(3, None)
+        except ProgramError as again:
+            plates = e.candidates & getattr(again, "candidates", set())
+            if len(plates) != 1:
+                raise e from None
+            return read(min(len(x), 2), plates.pop())
+
+
 def program_subject(model, guide, x: torch.Tensor, args=(), kwargs=None,
-                    data_plate: str | None = None) -> Subject:
-    """Any Pyro model/guide pair ``model(x, *args, **kwargs)``, read from its traces."""
-    kwargs = dict(kwargs or {})
-    n = len(x)
-    probe = min(n, 2)
-    program = Program(model, guide, x[:probe], *_rows(args, n, 0, probe),
-                      data_plate=data_plate, **kwargs)
+                    data_plate: str | None = None, rows: Rows | None = None) -> Subject:
+    """Any Pyro model/guide pair ``model(x, *args, **kwargs)``, read from its traces.
+    ``rows``: the arguments with their per-datapoint ones marked (by default those of
+    length ``len(x)``)."""
+    rows = rows or Rows.of(args, dict(kwargs or {}), len(x))
+    program = _probe(model, guide, x, rows, data_plate)
 
     def bind(lo, hi):
-        return program.callables(*_rows(args, n, lo, hi), x_like=x[lo:hi], **kwargs)
+        r = rows.slice(lo, hi)
+        return program.callables(*r.args, x_like=x[lo:hi], **r.kwargs)
 
     exact = None
     if program.latent_dim == 0:  # every latent enumerated: log p(x, .) is log p(x)
@@ -444,15 +494,20 @@ def program_subject(model, guide, x: torch.Tensor, args=(), kwargs=None,
                 return f.log_joint(x[lo:hi], empty)[0].double().cpu()
 
     def simulate(m):
-        a = _rows(args, n, 0, m)
-        x_sim, z = program.simulate(*a, x_like=x[:m], **kwargs)
-        return x_sim, z, lambda lo, hi: program.callables(*_rows(a, m, lo, hi),
-                                                          x_like=x_sim[lo:hi], **kwargs)
+        r = rows.slice(0, m)
+        x_sim, z = program.simulate(*r.args, x_like=x[:m], **r.kwargs)
 
+        def bind_sim(lo, hi):
+            s = r.slice(lo, hi)
+            return program.callables(*s.args, x_like=x_sim[lo:hi], **s.kwargs)
+        return x_sim, z, bind_sim
+
+    # BDMC simulates x from the model: one observed site must hold all of it
+    can_simulate = program.latent_dim > 0 and len(program.observed) == 1
     return Subject(x, bind, program.latent_dim, guide_density=not program.point_guide
                    and program.latent_dim > 0, exact=exact,
                    exact_method="enumeration" if exact else None,
-                   simulate=simulate if program.latent_dim > 0 else None,
+                   simulate=simulate if can_simulate else None,
                    discrete_data=program.discrete_data)
 
 
@@ -562,12 +617,11 @@ def evaluate(model, guide=None, x=None, *args, config: EvalConfig | None = None,
         check_data(x)
         if isinstance(model, torch.nn.Module):
             model.to(device)
-        n_all, x_all = len(x), x
+        x_all = x
+        rows = Rows.of(args, kwargs, len(x_all))  # per-datapoint: as long as all of x
         x = x[:cfg.n].to(device)
-        args = [a[:cfg.n] if isinstance(a, torch.Tensor) and a.dim() and len(a) == n_all else a
-                for a in args]
-        args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
-        subject, more = program_subject(model, guide, x, args, kwargs, data_plate), {}
+        rows = rows.slice(0, len(x)).to(device)
+        subject, more = program_subject(model, guide, x, data_plate=data_plate, rows=rows), {}
         extra = _program_representation(x_all, subject.discrete_data)
     ev = measure(subject, cfg, progress=progress, device=device)
     ev.estimators.update(more)

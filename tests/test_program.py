@@ -14,10 +14,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import config_enumerate
+from pyro.infer.autoguide import AutoNormal
 from torch import nn
 from torch.distributions import biject_to, constraints
 
 import pgm
+from pgm.errors import DataError
 from pgm.evaluation import EvalConfig, evaluate
 from pgm.inference.adapter import latent_callables
 from pgm.inference.program import Program, ProgramError
@@ -256,7 +258,125 @@ def test_ais_runs_a_program_once_per_point_it_visits():
     est = ais(g, x, schedule=linear_schedule(5), num_chains=2, num_leapfrog=3, adapt="none")
     assert torch.isfinite(est.per_datapoint).all()
     assert runs["log_joint"] > 0
-    assert runs["model"] == runs["log_joint"] + runs["sample_prior"]
+    # and once more, validated, on x: its values and the model's parameters are checked
+    assert runs["model"] == runs["log_joint"] + runs["sample_prior"] + 1
+
+
+def test_latents_are_integrated_over_the_models_support_not_the_guides():
+    """A positive guide (LogNormal) for a real latent (Normal): IWAE stays a bound, and
+    quadrature integrates over all of R (it used the guide's support, z > 0: 8.7 nats low)."""
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.LogNormal(0.0, 1.0))
+
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0])
+    exact = dist.Normal(0.0, math.sqrt(1.25)).log_prob(x).double()
+    ev = evaluate(model, guide, x, config=EvalConfig(ks=(1, 100), ais_steps=0, device="cpu"))
+    torch.testing.assert_close(ev.estimators["quadrature"].per_datapoint, exact, atol=2e-3,
+                               rtol=0)
+
+
+def test_arguments_are_per_datapoint_by_the_length_of_all_of_x():
+    """Mixture weights (3,) with n = 3 of 50 datapoints are the model's, not per datapoint,
+    in batches of 2 as in one; labels are sliced given by keyword as by position."""
+    mus = torch.tensor([-3.0, 0.0, 4.0])
+
+    @config_enumerate
+    def mixture(x, w):
+        with pyro.plate("data", len(x)):
+            m = pyro.sample("m", dist.Categorical(w))
+            pyro.sample("x", dist.Normal(mus[m], 1.0), obs=x)
+
+    w, x = torch.tensor([0.2, 0.5, 0.3]), torch.linspace(-4, 4, 50)
+    true = torch.logsumexp(w.log()[:, None] + dist.Normal(mus[:, None], 1.0).log_prob(x[:3]), 0)
+    ev = evaluate(mixture, lambda x, w: None, x, w,
+                  config=EvalConfig(ks=(1,), n=3, batch_size=2, ais_steps=0, device="cpu"))
+    torch.testing.assert_close(ev.estimators["exact"].per_datapoint, true.double())
+
+    def labelled(x, y=None):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(mus[y], 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x, y=None):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.5))
+
+    y = torch.arange(20) % 3
+    x = mus[y] + torch.randn(20)
+    cfg = EvalConfig(ks=(1, 10), n=20, batch_size=8, ais_steps=0, device="cpu")
+    torch.manual_seed(0)
+    by_position = evaluate(labelled, guide, x, y, config=cfg).estimators["iwae_10"]
+    torch.manual_seed(0)
+    by_keyword = evaluate(labelled, guide, x, config=cfg, y=y).estimators["iwae_10"]
+    torch.testing.assert_close(by_keyword.per_datapoint, by_position.per_datapoint)
+
+
+def test_bookkeeping_sites_and_several_observed_sites():
+    """pyro.deterministic records no data; BDMC needs one observed site to simulate x, so a
+    program with two has none, and its other estimators stand."""
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+            pyro.deterministic("z2", z**2)
+
+    def two_observed(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+            pyro.sample("x2", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.5))
+
+    cfg = EvalConfig(ks=(1, 10), n=8, ais_steps=10, ais_chains=2, ais_n=4, bdmc=True,
+                     posterior_check=0, device="cpu")
+    x = torch.randn(8)
+    assert "bdmc_upper" in evaluate(model, guide, x, config=cfg).estimators
+    est = evaluate(two_observed, guide, x, config=cfg).estimators
+    assert "bdmc_upper" not in est and {"iwae_10", "ais"} <= set(est)
+
+
+def test_a_feature_plate_of_two_is_not_taken_for_the_data_plate():
+    def model(x):
+        with pyro.plate("feat", 2, dim=-1), pyro.plate("data", len(x), dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("feat", 2, dim=-1), pyro.plate("data", len(x), dim=-2):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.5))
+
+    x = torch.randn(6, 2)
+    ev = evaluate(model, guide, x, config=EvalConfig(ks=(1,), ais_steps=0, device="cpu"))
+    exact = dist.Normal(0.0, math.sqrt(1.25)).log_prob(x).sum(-1).double()
+    torch.testing.assert_close(ev.estimators["quadrature"].per_datapoint, exact, atol=2e-3,
+                               rtol=0)
+
+
+def test_data_outside_the_likelihoods_support_is_a_data_error():
+    """As Pyro's validation finds it (on by default), where the estimators run unvalidated."""
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Bernoulli(logits=z), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x, cfg = torch.tensor([0.0, 1.0, 3.0, 1.0]), EvalConfig(ks=(1,), ais_steps=0, device="cpu")
+    with pytest.raises(DataError, match="rejects this batch of x.*within the support"):
+        evaluate(model, guide, x, config=cfg)  # a Bernoulli count of 3
+    with pyro.validation_enabled(False):  # the user's choice stands
+        assert evaluate(model, guide, x, config=cfg).estimators["elbo"].n == 4
 
 
 @pytest.mark.parametrize("case, match", [
@@ -265,12 +385,20 @@ def test_ais_runs_a_program_once_per_point_it_visits():
     ("no-observed", "no observed site"),
     ("no-plate", "no plate of size"),
     ("guide-missing", "the guide has no site"),
+    ("guide-no-plate", "the guide samples 'z' outside a plate over the datapoints"),
+    ("varying-support", "support that changes with the datapoint"),
+    ("fixed-size-guide", "lie in plate 'data' of size 6, not in one of size"),
 ])
 def test_programs_the_estimators_cannot_measure_say_why(case, match):
     def model(x):
         if case == "no-plate":
             z = pyro.sample("z", dist.Normal(torch.zeros(len(x)), 1.0).to_event(1))
             pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+            return
+        if case == "varying-support":  # z ~ Uniform(0, c) with c per datapoint
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Uniform(torch.zeros(len(x)), 1.0 + x.abs()))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
             return
         t = pyro.sample("t", dist.Normal(0.0, 1.0)) if case == "global" else 0.0
         with pyro.plate("data", len(x)):
@@ -286,9 +414,17 @@ def test_programs_the_estimators_cannot_measure_say_why(case, match):
         if case == "no-plate":
             pyro.sample("z", dist.Normal(torch.zeros(len(x)), 1.0).to_event(1))
             return
-        if case != "guide-missing":
+        if case == "guide-no-plate":
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+        elif case == "varying-support":
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Uniform(torch.zeros(len(x)), 1.0 + x.abs()))
+        elif case != "guide-missing":
             with pyro.plate("data", len(x)):
                 pyro.sample("z", dist.Normal(0.0, 1.0))
 
+    if case == "fixed-size-guide":  # an AutoGuide's plate has the whole data's size
+        guide = AutoNormal(model)
+        guide(torch.randn(6))
     with pytest.raises(ProgramError, match=match):
         evaluate(model, guide, torch.randn(6), config=EvalConfig(ks=(1,), ais_steps=0))

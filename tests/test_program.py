@@ -361,7 +361,7 @@ def test_a_feature_plate_of_two_is_not_taken_for_the_data_plate():
                                rtol=0)
 
 
-def test_data_outside_the_likelihoods_support_is_a_data_error():
+def test_data_outside_the_likelihoods_support_is_a_data_error(pyro_validation):
     """As Pyro's validation finds it (on by default), where the estimators run unvalidated."""
     def model(x):
         with pyro.plate("data", len(x)):

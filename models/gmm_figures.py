@@ -140,7 +140,7 @@ def latent_sampler_figure(vae, data, gmm_components: int = 10, *, n: int = 64,
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        gmm = fit_latent_gmm(vae, data.x_train, gmm_components)
+        gmm = fit_latent_gmm(vae, data.x_train, min(gmm_components, len(data.x_train)))
         z_prior = vae.prior(n).sample()
         z_gmm = gmm.sample(n, mean=False).to(device)
     finally:

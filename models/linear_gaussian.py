@@ -41,6 +41,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pgm.errors import DataError
 from pgm.inference.bounds import check_data
 from pgm.likelihoods import Gaussian
 from pgm.protocol import LatentVariableModel
@@ -180,6 +181,11 @@ class LinearGaussian(LatentVariableModel):
     @torch.no_grad()
     def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
         """b at the data's mean; a learned sigma at its root-mean-square spread."""
+        if len(x) < 2:
+            raise DataError(f"probabilistic PCA needs at least two training rows, got {len(x)}")
+        if self.config.sigma is None and not bool((x.var(0) > 0).any()):
+            raise DataError("the training data do not vary (every column is constant): "
+                            "PPCA's learned noise scale would be 0")
         self.decoder.bias.copy_(x.mean(0))
         if self.config.sigma is None:
             self.log_sigma.copy_(x.var(0).mean().clamp_min(1e-12).sqrt().log())
@@ -195,7 +201,7 @@ class LinearGaussian(LatentVariableModel):
         W, b = self.decoder.weight.double(), xs.mean(0)
         s2 = float(self.sigma) ** 2
         log_px = float(self.exact_log_marginal(xs).mean())
-        C = torch.cov((xs - b).T, correction=0)  # (D, D)
+        C = torch.cov((xs - b).T, correction=0).reshape(xs.shape[1], -1)  # (D, D), D = 1 too
         D, L = W.shape
         eye = torch.eye(L, dtype=torch.float64, device=W.device)
         Minv = torch.linalg.inv(W.T @ W + s2 * eye)

@@ -40,15 +40,16 @@ def write_training_figures(run_dir: str | Path, model, data, history: list[dict]
     y = data.y_test[:max(n, 1000)] if data.y_test is not None else None
     shape = data.image_shape
     name = type(model).__name__
-    written = [
-        plots.save_figure(plots.reconstructions(x[:10], model.reconstruct(x[:10]), shape,
-                                                title=f"{name}: inputs and reconstructions"),
-                          fig_dir / "reconstructions.png"),
-        plots.save_figure(plots.samples(model.sample(n), shape, x_data=data.x_train,
-                                        title=f"{name}: samples from p(x)"),
-                          fig_dir / "samples.png"),
-        plots.save_figure(plots.elbo_curves(history), fig_dir / "elbo.png"),
-    ]
+    written = []
+    if plots.drawable(x.shape[-1], shape):  # images or 2-D points; other data: curves only
+        written += [
+            plots.save_figure(plots.reconstructions(x[:10], model.reconstruct(x[:10]), shape,
+                                                    title=f"{name}: inputs and reconstructions"),
+                              fig_dir / "reconstructions.png"),
+            plots.save_figure(plots.samples(model.sample(n), shape, x_data=data.x_train,
+                                            title=f"{name}: samples from p(x)"),
+                              fig_dir / "samples.png")]
+    written.append(plots.save_figure(plots.elbo_curves(history), fig_dir / "elbo.png"))
     if model.latent_dim == 2:
         z = model.encode(x).mean
         written.append(plots.save_figure(

@@ -223,6 +223,16 @@ def _train(args) -> int:
     cls = get_model_class(args.model)
     if cls.trainer == "adversarial" and distributed.launched():
         raise PgmError(f"pgm train {args.model} runs in one process; start it without torchrun")
+    if cls.trainer == "adversarial":
+        from pgm.run_identity import GAN_OPTIONS, NOT_RECORDED
+
+        ignored = sorted(args.given - set(GAN_OPTIONS) - set(NOT_RECORDED))
+        if ignored:  # its settings are gan_settings_for's, per data and --arch
+            raise PgmError(
+                f"pgm train {args.model} takes --data, --binarize, --seed, --lr, --arch, "
+                f"--epochs and --device; {', '.join('--' + o.replace('_', '-') for o in ignored)} "
+                "would be ignored (set other GAN settings from Python: "
+                "pgm.inference.adversarial.train_gan)")
     with runlock.hold(out, "pgm train"):  # one writer per run, its ae-baseline/ included
         if args.resume:  # before any file is touched: the run is what the command line says
             resumed = _check_resume(args, out, cls)
@@ -392,16 +402,24 @@ def _sample(args) -> int:
     if args.n < 1:
         raise PgmError(f"-n must be positive, got {args.n}")
     pyro.set_rng_seed(args.seed)
-    x = run.model.sample(args.n)
     out = Path(args.out or Path(args.run) / "figures" / f"samples-{args.n}.png")
+    png, npy = out.with_suffix(".png"), out.with_suffix(".npy")
+    run_dir = Path(args.run).resolve()
+    inside = out.resolve().is_relative_to(run_dir)
+    if inside and not out.resolve().is_relative_to(run_dir / "figures"):
+        raise PgmError(f"--out {out} lies in the run's own files; pgm sample writes into a run "
+                       f"only under {Path(args.run) / 'figures'}")
+    x = run.model.sample(args.n)
     shape = run.config["data"].get("image_shape")
-    inside = out.resolve().is_relative_to(Path(args.run).resolve())
+    drawn = plots.drawable(x.shape[-1], shape)
     with runlock.hold(args.run if inside else None, "pgm sample"):  # writes into the run
-        plots.save_figure(plots.samples(x, tuple(shape) if shape else None), out)
+        if drawn:
+            plots.save_figure(plots.samples(x, tuple(shape) if shape else None), png)
         buf = __import__("io").BytesIO()
         np.save(buf, x.numpy())
-        io.atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
-    print(f"wrote {out} and {out.with_suffix('.npy')}")
+        io.atomic_write_bytes(npy, buf.getvalue())
+    print(f"wrote {png} and {npy}" if drawn else
+          f"wrote {npy} (points of {x.shape[-1]} coordinates: no figure)")
     return 0
 
 

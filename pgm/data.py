@@ -563,6 +563,9 @@ def load_dataset(
     if binarize is not None:
         _check_mode(binarize)
     raw = _resolve(name, seed)
+    if name not in _NAMED and not name.startswith("torchvision:"):
+        # a user's file, recorded where it is, so a run finds it again from any directory
+        name = str(Path(name).expanduser().resolve())
     mode = _default_binarize(raw) if binarize is None else binarize
     if mode != "none":
         lo, hi = float(raw.x.min()), float(raw.x.max())

@@ -69,6 +69,11 @@ def _images(x, image_shape) -> np.ndarray:
     return np.clip(a.reshape(-1, h, w), 0.0, 1.0)
 
 
+def drawable(data_dim: int, image_shape) -> bool:
+    """Whether samples of this data can be drawn: images, or 2-D points."""
+    return image_shape is not None or data_dim == 2
+
+
 def _points(x, name="points") -> np.ndarray:
     """(N, 2) points from an array-like."""
     a = _np(x)

@@ -44,7 +44,7 @@ RECORDED = {
     "min_epochs": ("fit", "min_epochs"),
 }
 #: the options of RECORDED that `pgm train gan` uses (it ignores the others)
-GAN_OPTIONS = ("data", "binarize", "seed", "lr")
+GAN_OPTIONS = ("data", "binarize", "seed", "lr", "arch")
 #: pgm train's options that are not settings of the run, or may change on resume
 NOT_RECORDED = ("command", "model", "out", "resume", "epochs", "device", "no_ae_baseline",
                 "no_progress", "log", "tracking_uri")
@@ -81,6 +81,8 @@ def _as_recorded(option: str, value, model: str | None):
     setting)."""
     if option in ("clip_norm", "patience"):
         return value or None  # 0 turns it off
+    if option == "arch" and model == "gan":
+        return {"conv": "dcgan"}.get(value, value)  # --arch conv builds the DCGAN
     if option == "likelihood" and model == "gmm" and value == "gaussian-learned":
         return "gaussian"  # a mixture's Gaussian components have their own scales
     return list(value) if isinstance(value, tuple) else value

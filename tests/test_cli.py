@@ -42,6 +42,40 @@ def test_sample(run_dir, tmp_path):
     assert out.is_file() and np.load(out.with_suffix(".npy")).shape == (12, 64)
 
 
+def test_sample_never_writes_over_the_runs_own_files(run_dir, tmp_path, capsys):
+    weights = (run_dir / "model.safetensors").read_bytes()
+    assert main(["sample", str(run_dir), "-n", "4", "--out",
+                 str(run_dir / "model.safetensors")]) == 2
+    assert "lies in the run's own files" in capsys.readouterr().err
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    # --out x.npy: the figure beside it as x.png, not written over by the array
+    assert main(["sample", str(run_dir), "-n", "4", "--out", str(tmp_path / "x.npy")]) == 0
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+    assert np.load(tmp_path / "x.npy").shape == (4, 64)
+
+
+def test_tabular_data_of_any_width_from_a_file_used_anywhere(tmp_path, monkeypatch):
+    """(N, 5) points from a user's .npy, named by a relative path: the VAE trains (no point
+    figures for 5 coordinates), samples as an array, and its run finds the file again from
+    another directory; PPCA takes one column."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "feat5.npy", rng.normal(size=(60, 5)).astype(np.float32))
+    np.save(tmp_path / "d" / "one.npy", rng.normal(size=(60, 1)).astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "vae", "--data", "d/feat5.npy", "--epochs", "1", "--out", "runs/v",
+                 "--no-progress"]) == 0
+    config = json.loads((tmp_path / "runs" / "v" / "config.json").read_text())
+    assert config["data"]["name"] == str(tmp_path / "d" / "feat5.npy")
+    assert main(["sample", "runs/v", "-n", "3", "--out", "s.png"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (3, 5) and not (tmp_path / "s.png").exists()
+    monkeypatch.chdir(tmp_path / "runs")
+    assert main(["evaluate", "v", "--n", "4", "--k", "1,10", "--ais-steps", "0",
+                 "--posterior-check", "0", "--no-progress"]) == 0
+    assert main(["train", "ppca", "--data", str(tmp_path / "d" / "one.npy"), "--epochs", "1",
+                 "--out", "p", "--no-progress"]) == 0
+
+
 def test_datasets_lists_the_builtins(capsys):
     assert main(["datasets"]) == 0
     text = capsys.readouterr().out
@@ -56,6 +90,8 @@ def test_datasets_lists_the_builtins(capsys):
      "--likelihood-scale applies to Gaussian components"),
     (["train", "vae", "--data", "digits", "--objective", "em", "--epochs", "1"],
      "objective 'em' needs a model with closed-form EM steps"),
+    (["train", "gan", "--data", "digits", "--latent-dim", "3", "--batch-size", "8"],
+     "--batch-size, --latent-dim would be ignored"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys):
     assert main(argv) == 2

@@ -9,11 +9,12 @@ line naming the first."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from pgm import distributed, domains, publish, runlock
-from pgm.errors import PgmError
+from pgm.errors import DataError, PgmError
 
 _UNSET = object()  # the default of a train option in the parser of _given
 TRAINABLE = ("vae", "vae2", "ae", "gmm", "ppca", "linear-gaussian", "cvae", "gan")
@@ -251,8 +252,13 @@ def _run_data(config: dict):
     from pgm.data import load_dataset
 
     d = config["data"]
-    return load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
+    data = load_dataset(d["name"], binarize=d["binarize"], seed=d["seed"],
                         valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"])
+    for key, value in json.loads(json.dumps(data.describe())).items():
+        if key != "name" and key in d and d[key] != value:  # a user's file replaced since
+            raise DataError(f"{d['name']} is not the data the run was trained on: data.{key} "
+                            f"is {d[key]!r} in its config.json, {value!r} now")
+    return data
 
 
 def _check_resume(args, out: Path, cls) -> tuple[dict, object]:

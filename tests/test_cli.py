@@ -54,7 +54,7 @@ def test_sample_never_writes_over_the_runs_own_files(run_dir, tmp_path, capsys):
     assert np.load(tmp_path / "x.npy").shape == (4, 64)
 
 
-def test_tabular_data_of_any_width_from_a_file_used_anywhere(tmp_path, monkeypatch):
+def test_tabular_data_of_any_width_from_a_file_used_anywhere(tmp_path, monkeypatch, capsys):
     """(N, 5) points from a user's .npy, named by a relative path: the VAE trains (no point
     figures for 5 coordinates), samples as an array, and its run finds the file again from
     another directory; PPCA takes one column."""
@@ -74,6 +74,11 @@ def test_tabular_data_of_any_width_from_a_file_used_anywhere(tmp_path, monkeypat
                  "--posterior-check", "0", "--no-progress"]) == 0
     assert main(["train", "ppca", "--data", str(tmp_path / "d" / "one.npy"), "--epochs", "1",
                  "--out", "p", "--no-progress"]) == 0
+    # the file replaced by other data: the run is not measured on them
+    np.save(tmp_path / "d" / "feat5.npy", rng.normal(size=(90, 5)).astype(np.float32))
+    assert main(["evaluate", "v", "--n", "4", "--k", "1", "--ais-steps", "0", "--overwrite",
+                 "--posterior-check", "0", "--no-progress"]) == 2
+    assert "is not the data the run was trained on" in capsys.readouterr().err
 
 
 def test_datasets_lists_the_builtins(capsys):

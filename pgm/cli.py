@@ -391,11 +391,14 @@ def _build_model(args, data):
         if data.y_train is None or data.n_classes is None:
             raise PgmError(f"the cvae needs labels; {data.name} has none (give a .npz with y)")
         extra = {"n_classes": data.n_classes, "prior": args.prior}
+    likelihood = args.likelihood or ("bernoulli" if images else "gaussian-learned")
+    if likelihood == "bernoulli" and scale:
+        raise PgmError("--likelihood-scale applies to a Gaussian likelihood; this one is "
+                       "Bernoulli (add --likelihood gaussian --binarize none)")
     return cls(cls.Config(
         data_dim=data.data_dim, latent_dim=args.latent_dim, hidden=args.hidden,
         activation=args.activation, arch=args.arch or "mlp", image_shape=data.image_shape,
-        likelihood=args.likelihood or ("bernoulli" if images else "gaussian-learned"),
-        **scale, **extra))
+        likelihood=likelihood, **scale, **extra))
 
 
 def _sample(args) -> int:

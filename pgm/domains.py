@@ -46,6 +46,10 @@ DOMAINS: dict[str, dict[str, tuple[float, bool, str]]] = {
 }
 
 
+#: Seeds of every command: Pyro seeds numpy's generator too, which takes [0, 2^32).
+SEEDS = 2**32
+
+
 class OptionError(PgmError, ValueError):
     """A command-line option outside its domain."""
 
@@ -63,3 +67,6 @@ def check(command: str, args) -> None:
             rule = f"> {low:g}" if strict else f">= {low:g}"
             note = f" ({meaning})" if meaning else ""
             raise OptionError(f"{flag} must be {rule}{note}, got {value:g}")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed < SEEDS:
+        raise OptionError(f"--seed must be an integer in [0, 2^32), got {seed}")

@@ -97,6 +97,11 @@ def test_datasets_lists_the_builtins(capsys):
      "objective 'em' needs a model with closed-form EM steps"),
     (["train", "gan", "--data", "digits", "--latent-dim", "3", "--batch-size", "8"],
      "--batch-size, --latent-dim would be ignored"),
+    (["train", "vae", "--data", "digits", "--seed", "99999999999999999999"],
+     "--seed must be an integer in [0, 2^32)"),
+    (["train", "vae", "--data", "digits", "--device", "foo"], "unknown device 'foo'"),
+    (["train", "vae", "--data", "digits", "--likelihood-scale", "0.5"],
+     "--likelihood-scale applies to a Gaussian likelihood; this one is Bernoulli"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys):
     assert main(argv) == 2

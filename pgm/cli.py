@@ -311,7 +311,12 @@ def _train_svi(args, out: Path, progress, cls, logger, resumed) -> int:
                         kl_warmup_epochs=args.kl_warmup, patience=args.patience or None,
                         min_epochs=args.min_epochs,
                         seed=args.seed, device=args.device)
+    before = _epochs_done(out) if args.resume else 0
     history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress, log=logger)
+    if args.resume and history and len(history) == before and distributed.is_main():
+        print(f"nothing to train: the run has {before} epochs"
+              + (f" (early stopping ended it before its {cfg.epochs})"
+                 if before < cfg.epochs else f"; --epochs {before + 10} would train on"))
     baseline = None
     if model.baseline and not args.no_ae_baseline and data.image_shape is not None:
         ae_out = out / f"{model.baseline}-baseline"
@@ -333,6 +338,12 @@ def _train_svi(args, out: Path, progress, cls, logger, resumed) -> int:
               f"({sum(r['seconds'] for r in history):.1f} s of training)")
     print(f"run directory: {out}  ({len(figures)} figures in {out / 'figures'})")
     return 0
+
+
+def _epochs_done(out: Path) -> int:
+    """Epochs in a run's history.csv (0 where it has none)."""
+    path = out / "history.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
 
 
 def _train_gan(args, out: Path, progress, logger, resumed) -> int:

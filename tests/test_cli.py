@@ -81,6 +81,15 @@ def test_tabular_data_of_any_width_from_a_file_used_anywhere(tmp_path, monkeypat
     assert "is not the data the run was trained on" in capsys.readouterr().err
 
 
+def test_a_resume_with_nothing_to_train_says_so(tmp_path, capsys):
+    out = str(tmp_path / "v")
+    argv = ["train", "vae", "--data", "digits", "--epochs", "1", "--hidden", "8",
+            "--no-ae-baseline", "--no-progress", "--out", out]
+    assert main(argv) == 0 and main([*argv, "--resume"]) == 0
+    assert "nothing to train: the run has 1 epochs; --epochs 11 would train on" in \
+        capsys.readouterr().out
+
+
 def test_datasets_lists_the_builtins(capsys):
     assert main(["datasets"]) == 0
     text = capsys.readouterr().out

@@ -385,7 +385,11 @@ def _anneal(
             z0 = init(rows, C)  # (C, b, L)
             if not isinstance(z0, Tensor) or z0.dim() != 3 or tuple(z0.shape[:2]) != (C, b):
                 got = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
-                raise ValueError(f"initial states must have shape ({C}, {b}, L), got {got}")
+                why = (": AIS moves a continuous latent vector with HMC, and these draws are "
+                       "not one (a discrete latent? sum it out: exact or IWAE)"
+                       if isinstance(z0, Tensor) and (z0.dim() == 2 or not z0.is_floating_point())
+                       else "")
+                raise ValueError(f"initial states must have shape ({C}, {b}, L), got {got}{why}")
             if P:
                 z0 = torch.cat([z0, init(rows, P)])  # (C + P, b, L): the pilot chains last
         table = step_sizes[:, rows].to(dtype=z0.dtype, device=z0.device).clone()  # (T + 1, b)

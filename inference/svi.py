@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,8 +77,28 @@ class FitConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; "
                              f"known: {', '.join(LR_SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+        # (the CLI's 0 for "off" is None here: a clip norm of 0 would zero every gradient, a
+        # negative one flip it, a patience of 0 stop a run before its first epoch)
+        for name, low, off in (("epochs", 1, False), ("batch_size", 1, False),
+                               ("num_particles", 1, False), ("kl_warmup_epochs", 0, False),
+                               ("patience", 1, True), ("min_epochs", 0, True),
+                               ("seed", 0, False)):
+            value = getattr(self, name)
+            if off and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+                    or value < low:
+                rule = f"an integer >= {low}" + (" or None (off)" if off else "")
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        if self.seed >= 2**32:
+            raise ValueError(f"seed must be below 2^32 (Pyro seeds numpy too), got {self.seed}")
+        for name, off in (("lr", False), ("lr_decay", False), ("clip_norm", True)):
+            value = getattr(self, name)
+            if off and value is None:
+                continue
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                rule = "a finite number > 0" + (" or None (off)" if off else "")
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig):
@@ -204,7 +225,8 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
             io.refuse_existing_run(out)
             dist.barrier()  # every rank has looked before rank 0 writes config.json
         pyro.set_rng_seed(cfg.seed)
-        model.initialize(x_train, y_train)
+        if not getattr(model, "fitted", False):  # a second fit() trains on, not from scratch
+            model.initialize(x_train, y_train)
         config = io.run_config(model, data, cfg, device)
         if writes:
             io.atomic_write_json(out / io.CONFIG, config)
@@ -325,4 +347,5 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
             break
     dist.barrier()  # every rank returns once rank 0 has written the run directory
     model.load_state_dict(best_state)
+    model.fitted = True
     return history

@@ -327,6 +327,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         why = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError quotes it
         raise CheckpointError(f"{path / CONFIG}: {why}") from None
     load_weights(model, path / WEIGHTS)
+    model.fitted = True  # a fit() of the loaded model trains on from these weights
     model.eval()
     history = read_history(path / HISTORY) if (path / HISTORY).is_file() else []
     return Run(path=path, model=model, config=config, history=history)

@@ -189,6 +189,10 @@ def check_data(model, x: torch.Tensor, name: str = "x") -> None:
         raise DataError(
             f"{name} must have shape (N, {model.data_dim}) for this model, got {tuple(x.shape)}"
         )
+    weight = next(model.parameters(), None)
+    if weight is not None and x.dtype != weight.dtype:
+        raise DataError(f"{name} has dtype {x.dtype}, the model's weights {weight.dtype}: pass "
+                        f"x.to({weight.dtype})")
     n_bad = int((~torch.isfinite(x)).sum())
     if n_bad:
         raise DataError(f"{name} contains {n_bad} NaN or infinite values")

@@ -39,6 +39,8 @@ class ResultsExistError(PgmError, FileExistsError):
 def staging(run_dir: str | Path, name: str = EVAL) -> Path:
     """A new empty hidden folder inside ``run_dir`` to write the next ``name`` into."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PgmError(f"{run_dir} is a file, not a run directory to write {name}/ into")
     run_dir.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir))
 
@@ -48,7 +50,8 @@ def check_absent(run_dir: str | Path, name: str = EVAL) -> None:
     dest = Path(run_dir) / name
     if dest.exists():
         raise ResultsExistError(f"{dest} already holds an evaluation; pass --overwrite to "
-                                f"replace it (or copy it elsewhere first)")
+                                f"replace it (overwrite=True from Python; or copy it elsewhere "
+                                f"first)")
 
 
 def publish(folder: Path, run_dir: str | Path, name: str = EVAL, *,

@@ -198,3 +198,39 @@ def test_gpu_run_loads_on_cpu(digits, tmp_path):
     assert not next(run.model.parameters()).is_cuda
     torch.testing.assert_close(run.model.reconstruct(digits.x_test[:5]),
                                model.cpu().eval().reconstruct(digits.x_test[:5]))
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"clip_norm": 0}, "clip_norm must be a finite number > 0 or None"),  # zeroed gradients
+    ({"clip_norm": -5.0}, "clip_norm must be"),  # flipped gradients: ascent
+    ({"kl_warmup_epochs": -2}, "kl_warmup_epochs must be an integer >= 0"),
+    ({"patience": 0}, "patience must be an integer >= 1 or None"),  # no epoch trained
+    ({"lr_decay": -1.0}, "lr_decay must be"),
+    ({"min_epochs": -3}, "min_epochs must be"),
+    ({"epochs": 2.5}, "epochs must be an integer"),
+    ({"seed": 2**40}, "seed must be below 2"),
+])
+def test_fit_settings_outside_their_domain_are_refused(digits, setting, match):
+    with pytest.raises(ValueError, match=match):
+        pgm.fit(_vae(digits), digits, progress=False, **setting)
+
+
+def test_a_second_fit_trains_on_from_the_fitted_weights(digits):
+    """Not from a new initialization (PPCA's re-initialized noise scale was kept before)."""
+    from pgm.models.linear_gaussian import LinearGaussian
+
+    ppca = LinearGaussian(data_dim=digits.data_dim, latent_dim=4)
+    pgm.fit(ppca, digits, objective="em", epochs=5, progress=False)
+    fitted = {k: v.clone() for k, v in ppca.state_dict().items()}
+    pgm.fit(ppca, digits, epochs=1, lr=1e-12, progress=False)
+    for k, v in ppca.state_dict().items():
+        torch.testing.assert_close(v, fitted[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_data_of_another_dtype_than_the_weights_is_one_line(digits):
+    from pgm.inference.adapter import latent_callables
+    from pgm.inference.bounds import iwae_bound
+
+    f = latent_callables(_vae(digits))
+    with pytest.raises(DataError, match="dtype torch.float64, the model's weights"):
+        iwae_bound(f, digits.x_test[:4].double(), Ks=(2,))

@@ -17,7 +17,9 @@ methods of an ``nn.Module``/``PyroModule``, with any site names -- by tracing th
 - **continuous latents** of any event shape, several of them, are packed into one vector per
   datapoint: the data-plate and particle dimensions move to the front, the rest is flattened
   and concatenated (in trace order). A constrained site (positive, unit interval, simplex,
-  ...) is moved to unconstrained space by :func:`torch.distributions.biject_to`:
+  ...) is moved to unconstrained space by :func:`torch.distributions.biject_to` of the
+  model's support (the guide's may be narrower; its draws are checked to lie inside), one
+  support for all datapoints (a bound that varies with the datapoint is refused):
   :math:`z = T(u)`, and every density of z gains :math:`\log |\det J_T(u)|`,
 
   .. math::
@@ -32,6 +34,13 @@ methods of an ``nn.Module``/``PyroModule``, with any site names -- by tracing th
   logsumexp over the enumeration dimensions. An enumerated site must sit directly in the data
   plate (not in a plate nested inside it). An unmarked discrete latent is an error: its
   density has no gradient for HMC and no guide density to weight by.
+
+- **the data**: the estimators run the programs with Pyro's validation off (HMC must see a
+  non-finite density where a parameter overflows, not an exception), so each new x is first
+  checked by one validated run of the model (its latents from the prior, the caller's random
+  stream untouched): a value outside an observed site's support or an invalid parameter is a
+  :class:`~pgm.errors.DataError` (unless the user turned validation off).
+- ``pyro.deterministic`` records are not sites of the density and are ignored.
 
 Particles are vectorised by an outer ``pyro.plate("particles", K)`` left of every plate of the
 program, so a program written for one sample per datapoint is evaluated for K at once.
@@ -69,6 +78,12 @@ PARTICLES = "particles"
 
 class ProgramError(PgmError, ValueError):
     """A model/guide pair the estimators cannot measure; the message says why and what to do."""
+
+
+_BATCHES = ("pgm runs the model and guide on batches of x, so the plate over the datapoints "
+            "must take its size from the x it is given (pyro.plate('data', len(x))); a guide "
+            "with a parameter per datapoint of the whole data set (an AutoGuide, a pyro.param "
+            "of size N) cannot run on batches: use an amortized guide (an encoder of x)")
 
 
 def _varying_support(name: str, support) -> ProgramError:
@@ -190,11 +205,7 @@ class Program:
                 raise
             raise ProgramError(
                 f"tracing the program on a batch of {B} datapoints failed ({_first_line(e)}): "
-                "pgm runs the model and guide on batches of x, so each plate over the "
-                "datapoints must take its size from the x it is given (pyro.plate('data', "
-                "len(x))); a guide with a parameter per datapoint of the whole data set (an "
-                "AutoGuide, a pyro.param of size N) cannot run on batches: use an amortized "
-                "guide (an encoder of x)") from None
+                + _BATCHES) from None
         self.nesting = _nesting(model_tr, guide_tr)
         self.particle_dim = -(self.nesting + 1)
         model_sites = _sample_sites(model_tr)
@@ -283,11 +294,7 @@ class Program:
                     f"the observed sites lie in plate "
                     f"{' and '.join(f'{n!r} of size {k}' for n, k in sorted(enclosing))}, not "
                     f"in one of size {B}, the datapoints of the batch x the program was run on: "
-                    "pgm runs the model and guide on batches of x, so the plate over the "
-                    "datapoints must take its size from the x it is given (pyro.plate('data', "
-                    "len(x))); a guide with a parameter per datapoint of the whole data set (an "
-                    "AutoGuide, a pyro.param of size N) cannot run on batches: use an amortized "
-                    "guide (an encoder of x)")
+                    + _BATCHES)
             raise ProgramError(
                 f"no plate of size {B} (the datapoints of the batch x it was run on) encloses "
                 f"every observed site: wrap the program's sites in `with pyro.plate('data', "

@@ -622,6 +622,7 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
     est_n = {n: [r["estimators"][n]["n"] for r in results if n in r["estimators"]]
              for n in est_names}
     est_header = ["run"] + [n + (" = iwae_1" if n == "elbo" and same_as_elbo else "")
+                            + (", simulated data" if n.startswith("bdmc") else "")
                             + (f" (n={est_n[n][0]})" if len(set(est_n[n])) == 1 else "")
                             for n in est_names]
     est_rows = []

@@ -506,6 +506,12 @@ def _evaluate_run(args) -> int:
         False if args.no_progress or not distributed.is_main() else None))
     if not distributed.is_main():
         return 0
+    for flag, asked, prefix, needs in (
+            ("--bdmc", cfg.bdmc, "bdmc_", "continuous latents and data it can simulate"),
+            ("--gaps", cfg.gaps, "gap_", "continuous latents and a guide with a density")):
+        if asked and not any(name.startswith(prefix) for name in ev.estimators):
+            print(f"note: {flag} does not apply to this {run.config['model']} run (it needs "
+                  f"{needs}): not run", file=sys.stderr)
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
                                world_size=world, overwrite=args.overwrite)
     for row in table_rows(results):

@@ -90,6 +90,17 @@ def test_a_resume_with_nothing_to_train_says_so(tmp_path, capsys):
         capsys.readouterr().out
 
 
+def test_evaluate_says_which_asked_estimators_do_not_apply(tmp_path, capsys):
+    out = str(tmp_path / "g")
+    assert main(["train", "gmm", "--data", "digits", "--components", "3", "--epochs", "1",
+                 "--no-progress", "--out", out]) == 0
+    assert main(["evaluate", out, "--n", "5", "--k", "1", "--bdmc", "--gaps",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --bdmc does not apply to this gmm run" in err
+    assert "note: --gaps does not apply to this gmm run" in err
+
+
 def test_datasets_lists_the_builtins(capsys):
     assert main(["datasets"]) == 0
     text = capsys.readouterr().out

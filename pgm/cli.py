@@ -514,8 +514,10 @@ def _evaluate_run(args) -> int:
                   f"{needs}): not run", file=sys.stderr)
     results = write_evaluation(args.run, ev, dataset=d["name"], device=str(device),
                                world_size=world, overwrite=args.overwrite)
-    for row in table_rows(results):
-        print(f"{row[0]:14s} {row[2]:>10s} ± {row[3]:<7s} n={row[4]:<5s} {row[5]:>7s} s")
+    for s, row in zip(results["estimators"].values(), table_rows(results)):
+        of = ("  (of log p(x | y))" if s.get("quantity") == "log p(x | y)"
+              and not row[0].endswith("_given_y") else "")  # a CVAE's gaps and BDMC rows
+        print(f"{row[0]:18s} {row[2]:>10s} ± {row[3]:<7s} n={row[4]:<5s} {row[5]:>7s} s{of}")
     for c in results["checks"]:
         if not c["ok"]:
             print(f"warning: {c['lower']} > {c['upper']} by {c['diff_mean']:.3f} ± "

@@ -101,6 +101,18 @@ def test_evaluate_says_which_asked_estimators_do_not_apply(tmp_path, capsys):
     assert "note: --gaps does not apply to this gmm run" in err
 
 
+def test_evaluate_labels_a_cvaes_rows_of_log_p_x_given_y(tmp_path, capsys):
+    out = str(tmp_path / "c")
+    assert main(["train", "cvae", "--data", "digits", "--epochs", "1", "--hidden", "16",
+                 "--no-progress", "--out", out]) == 0
+    assert main(["evaluate", out, "--n", "4", "--k", "1", "--ais-steps", "0", "--gaps",
+                 "--gaps-n", "2", "--posterior-check", "0", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    gap = next(line for line in lines if line.startswith("gap_inference"))
+    assert gap.endswith("(of log p(x | y))")
+    assert not next(line for line in lines if line.startswith("iwae_1 ")).endswith(")")
+
+
 def test_datasets_lists_the_builtins(capsys):
     assert main(["datasets"]) == 0
     text = capsys.readouterr().out

@@ -517,6 +517,8 @@ def _evaluate_run(args) -> int:
     for s, row in zip(results["estimators"].values(), table_rows(results)):
         of = ("  (of log p(x | y))" if s.get("quantity") == "log p(x | y)"
               and not row[0].endswith("_given_y") else "")  # a CVAE's gaps and BDMC rows
+        if "(value: " in row[1]:  # a diagnostic among the estimates (NUTS's R-hat)
+            of = "  (" + row[1].split("(value: ", 1)[1]
         print(f"{row[0]:18s} {row[2]:>10s} ± {row[3]:<7s} n={row[4]:<5s} {row[5]:>7s} s{of}")
     for c in results["checks"]:
         if not c["ok"]:

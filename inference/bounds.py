@@ -41,6 +41,7 @@ Implementation notes:
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Iterable
 
@@ -91,9 +92,14 @@ def check_data(x: Tensor) -> int:
 
 
 def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as an int (numpy and 0-d torch integers too), or a ValueError naming it."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        count = None
+    if isinstance(value, bool) or count is None or count < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return count
 
 
 def _check_log_density(name: str, value: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -155,8 +155,9 @@ class EvalConfig:
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"ks must be positive integers, got {self.ks}")
+        if isinstance(self.ks, int | str) or not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a sequence of positive integers (K of each IWAE "
+                             f"bound, e.g. (1, 10, 100)), got {self.ks!r}")
         if self.ais_schedule not in SCHEDULES:
             raise ValueError(f"unknown ais_schedule {self.ais_schedule!r}; "
                              f"known: {', '.join(SCHEDULES)}")

@@ -172,3 +172,17 @@ def test_invalid_settings_are_loud(model):
     bad = f._replace(log_q=lambda z, x: f.log_q(z, x).sum(0))
     with pytest.raises(ValueError, match="log_q must return shape"):
         log_importance_weights(bad, x, 5)
+
+
+def test_particle_counts_may_be_numpy_or_torch_integers(model):
+    import numpy as np
+
+    from pgm.evaluation import EvalConfig
+
+    W, b, sigma, x, _ = model
+    f = linear_gaussian_callables(W, b, sigma, q="perturbed")
+    assert sorted(iwae_bound(f, x, Ks=(np.int64(10), torch.tensor(5)))) == [5, 10]
+    with pytest.raises(ValueError, match="K must be a positive integer, got 2.5"):
+        iwae_bound(f, x, Ks=(2.5,))
+    with pytest.raises(ValueError, match="ks must be a sequence of positive integers"):
+        EvalConfig(ks=5)

@@ -314,7 +314,7 @@ def _train_svi(args, out: Path, progress, cls, logger, resumed) -> int:
     before = _epochs_done(out) if args.resume else 0
     history = fit(model, data, cfg, out=out, resume=args.resume, progress=progress, log=logger)
     if args.resume and history and len(history) == before and distributed.is_main():
-        print(f"nothing to train: the run has {before} epochs"
+        print(f"nothing to train: the run has {before} epoch{'s' * (before != 1)}"
               + (f" (early stopping ended it before its {cfg.epochs})"
                  if before < cfg.epochs else f"; --epochs {before + 10} would train on"))
     baseline = None

@@ -86,7 +86,7 @@ def test_a_resume_with_nothing_to_train_says_so(tmp_path, capsys):
     argv = ["train", "vae", "--data", "digits", "--epochs", "1", "--hidden", "8",
             "--no-ae-baseline", "--no-progress", "--out", out]
     assert main(argv) == 0 and main([*argv, "--resume"]) == 0
-    assert "nothing to train: the run has 1 epochs; --epochs 11 would train on" in \
+    assert "nothing to train: the run has 1 epoch; --epochs 11 would train on" in \
         capsys.readouterr().out
 
 

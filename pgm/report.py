@@ -634,7 +634,10 @@ def comparison(results: list[dict], *, paired: list[dict | None] | None = None,
                          + ("" if len(set(est_n[n])) == 1 else f" ({s['n']})"))
         est_rows.append([names[i], *cells])
 
-    intro = "Nats per test image, mean ± SE over the images (n)."
+    splits = {r.get("split", "test") for r in results}
+    which = {"test": "test", "valid": "validation", "train": "training"}.get(
+        splits.pop(), "evaluated") if len(splits) == 1 else "evaluated"
+    intro = f"Nats per {which} image, mean ± SE over the images (n)."
     if shared:
         intro += " Every row: " + ", ".join(f"{k} {v}" if k == "dataset" else v
                                             for k, v in shared.items()) + "."

@@ -58,6 +58,9 @@ def test_commensurable_rows_are_not_flagged(grey):
     assert "different observation models" not in md  # each its own sigma: the same protocol
     assert "grey values, log-density" in md and "| exact: -60.00 ± 0.50 (100)" in md
     assert "<table>" in page
+    assert "Nats per test image" in md
+    valid = [{**r, "split": "valid"} for r in rows]
+    assert "Nats per validation image" in comparison(valid)[0]
 
 
 def test_sample_quality_columns_give_the_class_ratio_and_the_surely_labelled_share(grey):

@@ -261,12 +261,10 @@ class Program:
         self.enumerated = tuple(enumerated)
         self.point_guide = any(_fn_name(guide_tr.nodes[n]["fn"]) == "Delta" for n in latents)
         # Shapes under the particle plate (K = 1) give each site's place in the packed vector,
-        # and the model's distributions at the guide's draws each site's support
+        # and the probe's model trace (at the guide's draws) each site's support
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             tr = self._trace(guide, 1, x, args, kwargs)
-            mtr = self._trace(model, 1, x, args, kwargs, enum=bool(enumerated),
-                              values={n: tr.nodes[n]["value"] for n in latents})
-        self.latents = tuple(self._site(name, mtr.nodes[name], tr.nodes[name])
+        self.latents = tuple(self._site(name, model_tr.nodes[name]["fn"], tr.nodes[name])
                              for name in latents)
         self.latent_dim = sum(s.size for s in self.latents)
         self._x_rest = tuple(x.shape[1:])
@@ -307,11 +305,12 @@ class Program:
             raise e
         return next(iter(common))
 
-    def _site(self, name: str, site, guide_site) -> LatentSite:
-        """The site's place in the packed vector, from the model's distribution at the guide's
-        draw: its support is the model's (the guide's may be narrower: IWAE stays a bound, but
-        AIS and quadrature must integrate over all of it)."""
-        fn, value = site["fn"], site["value"]
+    def _site(self, name: str, fn, guide_site) -> LatentSite:
+        """The site's place in the packed vector (from the guide's draw under the particle
+        plate), with the model's distribution ``fn`` of it: its support is the model's (the
+        guide's may be narrower: IWAE stays a bound, but AIS and quadrature must integrate over
+        all of it)."""
+        value = guide_site["value"]
         key = _support_key(fn.support)
         if key is None:
             raise _varying_support(name, fn.support)

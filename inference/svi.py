@@ -49,6 +49,7 @@ from pgm import distributed as dist
 from pgm import io, runlock, tracking
 from pgm.config import to_dict
 from pgm.device import resolve_device
+from pgm.domains import SEEDS
 from pgm.errors import TrainingDivergedError
 
 from .objectives import fast_path, make_objective, reparam_log_weights
@@ -90,7 +91,7 @@ class FitConfig:
                     or value < low:
                 rule = f"an integer >= {low}" + (" or None (off)" if off else "")
                 raise ValueError(f"{name} must be {rule}, got {value!r}")
-        if self.seed >= 2**32:
+        if self.seed >= SEEDS:
             raise ValueError(f"seed must be below 2^32 (Pyro seeds numpy too), got {self.seed}")
         for name, off in (("lr", False), ("lr_decay", False), ("clip_norm", True)):
             value = getattr(self, name)

@@ -232,6 +232,60 @@ class _Affine(nn.Module):
         return (x - self.loc) / self.scale if self.inverse else self.loc + self.scale * x
 
 
+class _Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask on a CPU comes from uniform draws (u >= p), the same
+    Bernoulli(1 - p) mask: torch's CPU ``bernoulli_`` takes 3x ``rand_like``'s time (0.73
+    against 0.23 ms for a 128 x 512 activation, one thread), a tenth of a GAN training step.
+    Elsewhere (CUDA's fused kernel) it is ``nn.Dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p or x.device.type != "cpu":
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1 / (1 - self.p))
+
+
+class _Separable(nn.Module):
+    r"""A fixed linear map of (N, h*w) images that acts on their rows and columns apart:
+    :math:`X \mapsto A X B` with A (H, h) and B (w, W), giving (N, H*W). Bilinear upsampling
+    and average pooling are such maps (products of 1-D maps); as two small matrix products
+    they take a tenth of ``F.interpolate``'s time (forward and backward, 64 images 14x14 to
+    28x28, one thread: 0.12 against 1.35 ms; 800, an AIS step's: 0.95 against 13.4 ms) and a
+    third of ``avg_pool2d``'s, with the same values to float rounding."""
+
+    def __init__(self, shape: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.register_buffer("rows", rows.contiguous(), persistent=False)
+        self.register_buffer("cols", cols.contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.rows, x.reshape(-1, *self.shape) @ self.cols).flatten(1)
+
+
+def _bilinear_1d(n: int, f: int) -> torch.Tensor:
+    """(n, n f): the 1-D map of ``F.interpolate(mode="bilinear", align_corners=False)`` by f
+    along one side (read off it, so the two agree)."""
+    eye = torch.eye(n).reshape(n, 1, 1, n)
+    return F.interpolate(eye, scale_factor=(1, f), mode="bilinear",
+                         align_corners=False).reshape(n, n * f)
+
+
+def _upsampling(shape: tuple[int, int], f: int) -> _Separable:
+    """Bilinear upsampling by f of (N, h*w) images of ``shape`` (h, w) to (N, hf * wf)."""
+    h, w = shape
+    return _Separable(shape, _bilinear_1d(h, f).T, _bilinear_1d(w, f))
+
+
+def _pooling(shape: tuple[int, int]) -> _Separable:
+    """2x2 average pooling of (N, H*W) images of ``shape`` (H, W), both even."""
+    def halve(n):
+        m = torch.zeros(n, n // 2)
+        m[torch.arange(n), torch.arange(n) // 2] = 0.5
+        return m
+    h, w = shape
+    return _Separable(shape, halve(h).T, halve(w))
+
+
 def _activation(name: str) -> nn.Module:
     """:func:`pgm.nets.activation`, except that a GAN's leaky ReLU has slope 0.2 (DCGAN's)."""
     return nn.LeakyReLU(0.2) if name == "leaky_relu" else activation(name)
@@ -243,7 +297,7 @@ def _mlp(sizes: list[int], act: str, dropout: float = 0.0,
     for a, b in zip(sizes[:-2], sizes[1:-1]):
         layers += [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), _activation(act)]
         if dropout:
-            layers.append(nn.Dropout(dropout))
+            layers.append(_Dropout(dropout))
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
 
@@ -258,9 +312,7 @@ def _mlp_generator(c: GANConfig) -> nn.Module:
     if f == 1:
         return g
     h, w = c.image_shape
-    return nn.Sequential(*g, nn.Unflatten(1, (1, h // f, w // f)),
-                         nn.Upsample(scale_factor=f, mode="bilinear", align_corners=False),
-                         nn.Flatten())
+    return nn.Sequential(*g, _upsampling((h // f, w // f), f))
 
 
 def _dcgan_generator(c: GANConfig) -> nn.Module:
@@ -287,7 +339,7 @@ def _dcgan_discriminator(c: GANConfig) -> nn.Module:
     ch = c.channels
     # activation, then dropout as one module: the layers' indices (the weights' names) stay put
     def act():
-        return nn.Sequential(_activation(c.d_activation), nn.Dropout(c.d_dropout))
+        return nn.Sequential(_activation(c.d_activation), _Dropout(c.d_dropout))
 
     return nn.Sequential(
         nn.Unflatten(1, (1, h, w)),
@@ -317,9 +369,10 @@ class _Pooled(nn.Module):
     def __init__(self, image_shape: tuple[int, int], net: nn.Module):
         super().__init__()
         self.image_shape, self.net = tuple(image_shape), net
+        self.pool = _pooling(image_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(F.avg_pool2d(x.reshape(-1, 1, *self.image_shape), 2).flatten(1))
+        return self.net(self.pool(x))
 
 
 def _spectral_norm(d: nn.Module) -> None:

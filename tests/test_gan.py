@@ -25,7 +25,7 @@ from pgm.inference.adversarial import (
 )
 from pgm.models import GAN, get_model_class
 from pgm.models.explicit import choose_sigma
-from pgm.models.gan import GANConfig
+from pgm.models.gan import GANConfig, _Separable
 from pgm.models.gan_figures import save_epoch_samples, write_gan_figures
 
 TOY_EPOCHS = 40
@@ -387,6 +387,46 @@ def test_discriminator_loss_is_the_binary_cross_entropy_with_one_sided_smoothing
     torch.testing.assert_close(stats[1], p_real.mean(), rtol=1e-4, atol=1e-6)
 
 
+def test_the_discriminator_step_scores_real_and_fake_rows_in_one_pass_as_in_two():
+    """D scores each row on its own, so the D step's one pass over real and fake rows gives
+    the logits of two passes; no configuration puts batch norm in D (which would not)."""
+    for kw in (dict(data_dim=16, latent_dim=2, hidden=(8,), image_shape=(4, 4), d_coarse=(6,)),
+               dict(data_dim=64, latent_dim=4, arch="dcgan", image_shape=(8, 8), channels=4,
+                    d_mlp_branch=(8,))):
+        gan = GAN(**kw).eval()  # eval: no dropout, so the two are comparable
+        x, fake = torch.rand(5, kw["data_dim"]), torch.rand(7, kw["data_dim"])
+        both = gan.discriminate(torch.cat([x, fake]))
+        torch.testing.assert_close(both, torch.cat([gan.discriminate(x), gan.discriminate(fake)]))
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       for m in gan.discriminator.modules())
+
+
+def test_fixed_image_maps_equal_torch_interpolate_and_avg_pool():
+    """G's upsampling and the coarse D's pooling, as two small matrix products, equal
+    ``F.interpolate`` (bilinear) and ``F.avg_pool2d`` on non-square images, factor 3 too."""
+    import torch.nn.functional as F
+
+    from pgm.models.gan import _pooling, _upsampling
+    x = torch.randn(6, 2 * 3)
+    want = F.interpolate(x.view(6, 1, 2, 3), scale_factor=3, mode="bilinear")
+    torch.testing.assert_close(_upsampling((2, 3), 3)(x), want.reshape(6, 54))
+    x = torch.randn(6, 4 * 6)
+    torch.testing.assert_close(_pooling((4, 6))(x), F.avg_pool2d(x.view(6, 1, 4, 6), 2).flatten(1))
+
+
+def test_dropout_masks_keep_1_minus_p_of_the_units_and_their_mean():
+    """The discriminator's dropout (a mask from uniform draws on a CPU) zeroes a share p of
+    the units, scales the rest by 1 / (1 - p), and is the identity in eval mode."""
+    from pgm.models.gan import _Dropout
+    torch.manual_seed(0)
+    drop, x = _Dropout(0.3), torch.ones(200, 500)
+    y = drop(x)
+    zeros = (y == 0).float().mean().item()
+    assert abs(zeros - 0.3) < 4 * math.sqrt(0.3 * 0.7 / x.numel())
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert torch.equal(drop.eval()(x), x)
+
+
 def test_hinge_losses_are_the_margins_on_the_logit():
     """D: mean max(0, 1 - d(x)) + mean max(0, 1 + d(G(z))); G: -mean d(G(z)), on the same
     draws; the statistics stay sigma(d)."""
@@ -634,7 +674,7 @@ def test_an_mlp_gan_saved_before_g_batchnorm_g_upsample_and_d_coarse_resumes_as_
     gan = _resumed_old_run(tmp_path, ("g_batchnorm", "g_upsample", "d_coarse"), hidden=(16,),
                            g_batchnorm=False, g_upsample=1, d_coarse=None)
     assert not gan.config.g_batchnorm and gan.config.g_upsample == 1
-    assert not any(isinstance(m, (nn.BatchNorm1d, nn.Upsample)) for m in gan.generator.modules())
+    assert not any(isinstance(m, (nn.BatchNorm1d, _Separable)) for m in gan.generator.modules())
     assert gan.config.d_coarse is None and not hasattr(gan.discriminator.net[1], "coarse")
 
 

@@ -73,7 +73,7 @@ SIZES = ("default", "small")
 #: and 100 x 10 sit 11.2 +- 2.2 and 19.1 +- 2.7 below T=2000 x 10 (the four-layer G at lr
 #: 3e-4, s = 0.118: 11.6 +- 1.7 and 19.0 +- 2.4), so T=300 x 10 stays.
 SETTINGS = {
-    "default": {"epochs": 30, "gan_epochs": 300, "components": 100, "n": 50,
+    "default": {"epochs": 30, "gan_epochs": 200, "components": 100, "n": 50,
                 "k": "1,10,100,1000", "ais_n": 50, "ais_chains": 4, "ais_pilot_chains": 2,
                 "ais": (200, 3), "ais_long": (300, 10)},
     "small": {"epochs": 2, "gan_epochs": 2, "components": 10, "n": 10,

@@ -38,15 +38,16 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about six and a half minutes on 2 CPU cores from a fresh clone (6.4
-#: measured: 0.9 to install, 5.6 the quickstart, 1.0 of them the five evaluations, 4.1 the
-#: GAN's training); "small" is for tests and smoke runs. The GAN trains
+#: "default" takes about seven minutes on 2 CPU cores from a fresh clone (7.0 measured on a
+#: slow hour: 1.1 to install, 5.9 the quickstart, 1.0 of them the five evaluations, 4.1 the
+#: GAN's training; 6.4 before); "small" is for tests and smoke runs. The GAN trains
 #: 200 of `pgm train gan`'s 600 epochs (seed 0; a G five hidden layers deep and narrow, with
-#: batch norm and a half-resolution output, lr 3e-4, a coarse D beside D: classes 0.62,
-#: Fréchet 1.50, 65% of the samples labelled with p >= 0.9, about six digits in ten readable;
-#: with D alone 0.64, 1.01, 63%; the four-layer G before it: 0.53, 1.44, 61%; the two-layer G:
-#: 0.71, 1.09, 52%; all 600, about 19 minutes on one core: 0.63-0.70 over seeds 0-2,
-#: 72.6-73.1%, about seven digits in ten readable).
+#: batch norm and a half-resolution output, lr 3e-4, a coarse D beside D: classes 0.63,
+#: Fréchet 0.88, 66% of the samples labelled with p >= 0.9, about six digits in ten readable;
+#: 300 epochs: 0.65, 1.14, 68%, for 7.4 minutes instead of 5.6; with D alone 0.64, 1.01, 63%;
+#: the four-layer G before it: 0.53, 1.44, 61%; the two-layer G: 0.71, 1.09, 52%; all 600,
+#: about 12 minutes on one core: 0.63-0.70 over seeds 0-2, 72.6-73.1%, about seven digits in
+#: ten readable).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
 #: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the

@@ -45,7 +45,7 @@ epochs (Fréchet 75 against 17). (The same held for the two-view D: 0.55, 0.55, 
 defaults there (the wide G with 64 channels at 14x14, one lr, dropout 0.3 in D, the MLP
 branch beside the conv D, no spectral norm in the conv D, 200 epochs) draw smooth, crisp
 strokes where the MLP's stay speckled, about seven digits in ten readable, at about 8x the
-MLP GAN's time per epoch and about 36x its cost per AIS step (54x the two-layer MLP G's).
+MLP GAN's time per epoch and about 75x its cost per AIS step (945 against 12.5 ms).
 
 **Spectral normalisation** (``spectral_norm=True``; Miyato et al. 2018) divides each linear
 and convolutional weight of D by its largest singular value (one power iteration per forward

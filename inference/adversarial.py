@@ -411,8 +411,10 @@ def gan_settings_for(data, arch: str = "mlp") -> dict:
     smoothing 0.1; **two time-scales** (Heusel et al. 2017: lr 3e-4 for G, 6e-4 for D), both
     decaying linearly to 0 over **600 epochs**. On mnist5k (10,000 samples under the feature
     classifier; :mod:`pgm.mode_coverage`), seeds 0, 1 and 2: rarest/most common class 0.70,
-    0.65 and 0.63, Fréchet distance in its features 0.51, 0.48 and 0.43, 72.6%,
-    72.8% and 73.1% of the samples labelled with p ≥ 0.9 (D alone: 0.69, 0.66, 0.68; 0.45,
+    0.64 and 0.62, Fréchet distance in its features 0.63, 0.72 and 0.74, 72.9%,
+    72.2% and 72.5% of the samples labelled with p ≥ 0.9 (before the faster step of
+    :func:`discriminator_step` and :func:`make_optimizers`: 72.6%, 72.8%, 73.1%, Fréchet
+    0.43-0.51; D alone: 0.69, 0.66, 0.68; 0.45,
     0.54, 0.46; 71.0%, 71.7%, 71.3%; test images: 0.79, 1.86, 78%); by eye about seven digits
     in ten readable. A training step costs 1.10x D alone's; the 600 epochs take about
     12 minutes on one core (0.70x the step's time before pgm's fixed image maps, dropout

@@ -46,7 +46,7 @@ SIZES = ("default", "small")
 #: Fréchet 0.88, 66% of the samples labelled with p >= 0.9, about six digits in ten readable;
 #: 300 epochs: 0.65, 1.14, 68%, for 7.4 minutes instead of 5.6; with D alone 0.64, 1.01, 63%;
 #: the four-layer G before it: 0.53, 1.44, 61%; the two-layer G: 0.71, 1.09, 52%; all 600,
-#: about 12 minutes on one core: 0.63-0.70 over seeds 0-2, 72.6-73.1%, about seven digits in
+#: about 12 minutes on one core: 0.62-0.70 over seeds 0-2, 72.2-72.9%, about seven digits in
 #: ten readable).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the

@@ -68,7 +68,7 @@ def reference(gan: GAN) -> GAN:
                 f = child.rows.shape[0] // child.shape[0]
                 setattr(module, name, _Upsample(child.shape, f))
             elif isinstance(child, _Pooled):
-                setattr(module, name, _AvgPooled(child.image_shape, child.net))
+                setattr(module, name, _AvgPooled(child.pool.shape, child.net))
     return ref
 
 

@@ -262,28 +262,25 @@ class _Separable(nn.Module):
         return torch.matmul(self.rows, x.reshape(-1, *self.shape) @ self.cols).flatten(1)
 
 
-def _bilinear_1d(n: int, f: int) -> torch.Tensor:
-    """(n, n f): the 1-D map of ``F.interpolate(mode="bilinear", align_corners=False)`` by f
-    along one side (read off it, so the two agree)."""
-    eye = torch.eye(n).reshape(n, 1, 1, n)
-    return F.interpolate(eye, scale_factor=(1, f), mode="bilinear",
-                         align_corners=False).reshape(n, n * f)
+def _separable(shape: tuple[int, int], op) -> _Separable:
+    """The :class:`_Separable` map of ``op``, an image op of torch's on (N, 1, H, W) that acts
+    on each side alone, read off it: op applied to the basis images of one row (and of one
+    column) gives its 1-D maps, so the two agree."""
+    def one_side(n):  # (n, n'): op on the n basis rows of a 1 x n image
+        return op(torch.eye(n).reshape(n, 1, 1, n)).reshape(n, -1)
+    h, w = shape
+    return _Separable(shape, one_side(h).T, one_side(w))
 
 
 def _upsampling(shape: tuple[int, int], f: int) -> _Separable:
     """Bilinear upsampling by f of (N, h*w) images of ``shape`` (h, w) to (N, hf * wf)."""
-    h, w = shape
-    return _Separable(shape, _bilinear_1d(h, f).T, _bilinear_1d(w, f))
+    return _separable(shape, lambda x: F.interpolate(x, scale_factor=(1, f), mode="bilinear",
+                                                     align_corners=False))
 
 
 def _pooling(shape: tuple[int, int]) -> _Separable:
     """2x2 average pooling of (N, H*W) images of ``shape`` (H, W), both even."""
-    def halve(n):
-        m = torch.zeros(n, n // 2)
-        m[torch.arange(n), torch.arange(n) // 2] = 0.5
-        return m
-    h, w = shape
-    return _Separable(shape, halve(h).T, halve(w))
+    return _separable(shape, lambda x: F.avg_pool2d(x, (1, 2)))
 
 
 def _activation(name: str) -> nn.Module:
@@ -368,8 +365,7 @@ class _Pooled(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int], net: nn.Module):
         super().__init__()
-        self.image_shape, self.net = tuple(image_shape), net
-        self.pool = _pooling(image_shape)
+        self.net, self.pool = net, _pooling(image_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.pool(x))

@@ -49,7 +49,8 @@ epoch's weights. ``resume=True`` continues to the result of an uninterrupted run
 is seeded by (seed, epoch); the RNG state, the optimizers and the logs are in the checkpoint,
 the run's one commit point, and the weights and the CSV/JSON views of the logs are written
 from it after it and again on resume). ``resume=True`` first checks that the model, data and
-settings are those of config.json (only ``epochs`` and ``device`` may change). With
+settings are those of config.json (only ``epochs`` and ``device`` may change; a change is
+written into it). With
 ``lr_schedule="linear"`` the rates depend on ``epochs``, so only a resume with the same
 ``epochs`` repeats the uninterrupted run; a constant rate also continues exactly to more
 epochs.
@@ -282,6 +283,8 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
     if out is not None and resume:  # before any file is touched
         io.check_same_run(out, io.run_config(gan, data, cfg, device, trainer="adversarial"))
     if out is not None and resume and io.check_resumable(out):
+        io.record_resumed_settings(out, io.run_config(gan, data, cfg, device,
+                                                      trainer="adversarial"))
         ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(gan, ckpt["model"], out / io.CHECKPOINT)
         opt_g.load_state_dict(ckpt["opt_g"])

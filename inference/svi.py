@@ -13,7 +13,8 @@ from which ``resume=True`` continues to the same result as an uninterrupted run.
 checkpoint is the one commit point: it holds the history rows and the best weights, and
 history.csv and model.safetensors are written from it (after it, and again on resume), so a
 kill between any two writes loses nothing. ``resume=True`` first checks that the model, data
-and settings are those of config.json (only ``epochs`` and ``device`` may change); a run
+and settings are those of config.json (only ``epochs`` and ``device`` may change, and a change
+is written into it: :func:`pgm.io.record_resumed_settings`); a run
 killed before its first checkpoint starts again from its beginning, and one that lost its
 checkpoint but kept its weights or history is refused (:func:`pgm.io.check_resumable`).
 
@@ -207,6 +208,8 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
     if out is not None and resume:  # before any file is touched
         io.check_same_run(out, io.run_config(model, data, cfg, device))
     if out is not None and resume and io.check_resumable(out):
+        if writes:
+            io.record_resumed_settings(out, io.run_config(model, data, cfg, device))
         ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(model, ckpt["model"], out / io.CHECKPOINT)
         opt.load_state_dict(ckpt["optimizer"])

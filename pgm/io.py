@@ -217,6 +217,18 @@ def check_same_run(out: Path, config: dict) -> None:
                     f"{' and '.join(RESUME_MAY_CHANGE)} may change)")
 
 
+def record_resumed_settings(out: Path, config: dict) -> None:
+    """Write what a resumed run may change (:data:`RESUME_MAY_CHANGE`: the epochs it now trains
+    to, its device) into ``out``/config.json, so the file records what the run was last trained
+    with, and a later resume without ``--epochs`` goes on to those epochs, not the first ones."""
+    saved = read_config(out)
+    new = json.loads(json.dumps(config))
+    fit = {**saved["fit"], **{k: new["fit"][k] for k in RESUME_MAY_CHANGE if k in new["fit"]}}
+    updated = {**saved, "fit": fit, "device": new.get("device", saved.get("device"))}
+    if updated != saved:
+        atomic_write_json(out / CONFIG, updated)
+
+
 def refuse_existing_run(out: Path | None) -> None:
     """A new run never overwrites one: CheckpointError if ``out`` holds any of
     :data:`RUN_FILES`."""

@@ -90,6 +90,37 @@ def test_a_resume_with_nothing_to_train_says_so(tmp_path, capsys):
         capsys.readouterr().out
 
 
+def test_a_resume_with_more_epochs_is_recorded_and_a_plain_resume_goes_on_to_them(tmp_path,
+                                                                                 capsys):
+    """--epochs on resume lands in config.json: a run of 1 epoch resumed with --epochs 3 and
+    interrupted before epoch 3 is committed goes on to 3 when resumed without --epochs (not
+    back to its first 1 with "nothing to train"); the VAE and a GAN alike."""
+    from pgm import io as run_io
+
+    for model, extra in (("vae", ["--hidden", "8", "--no-ae-baseline"]),
+                         ("gan", [])):
+        out = tmp_path / model
+        argv = ["train", model, "--data", "digits", "--no-progress", "--out", str(out), *extra]
+        assert main([*argv, "--epochs", "1"]) == 0
+        checkpoints = []
+
+        def interrupt(path, checkpoints=checkpoints):  # Ctrl-C as epoch 3's checkpoint begins
+            if path.name == run_io.CHECKPOINT:
+                checkpoints.append(path)
+                if len(checkpoints) == 2:
+                    raise KeyboardInterrupt
+
+        run_io.on_write = interrupt
+        try:
+            assert main([*argv, "--epochs", "3", "--resume"]) == 130
+        finally:
+            run_io.on_write = None
+        assert run_io.read_config(out)["fit"]["epochs"] == 3
+        assert main([*argv, "--resume"]) == 0
+        assert [r["epoch"] for r in run_io.read_history(out / run_io.HISTORY)] == [1, 2, 3]
+    capsys.readouterr()
+
+
 def test_evaluate_says_which_asked_estimators_do_not_apply(tmp_path, capsys):
     out = str(tmp_path / "g")
     assert main(["train", "gmm", "--data", "digits", "--components", "3", "--epochs", "1",

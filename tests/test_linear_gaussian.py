@@ -129,3 +129,23 @@ def test_bound_checks_allow_float32_rounding_and_nothing_more():
         checks = bound_checks({"elbo": est(exact + above + noise, "lower"),
                                "exact": est(exact, "exact")})
         assert [c["ok"] for c in checks] == [ok]
+
+
+def test_a_bound_check_on_one_datapoint_is_undetermined_not_violated():
+    """One shared datapoint has no standard error: a lower estimate above the exact value
+    there is not judged a violation (``ok`` None, said in words in the reports); one at or
+    below it is ok."""
+    from pgm.inference.callables import Estimate
+    from pgm.report import _checks_md, check_mark
+
+    exact = torch.tensor([-100.0], dtype=torch.float64)
+    for above, ok in ((0.7, None), (-0.7, True)):
+        checks = bound_checks({"iwae_10": Estimate.of(exact + above, seconds=0.0, bound="lower"),
+                               "exact": Estimate.of(exact, seconds=0.0, bound="exact")})
+        assert [c["ok"] for c in checks] == [ok]
+    assert check_mark(checks[0]) == "ok"
+    assert "no standard error" in check_mark({"ok": None})
+    assert check_mark({"ok": False}) == "VIOLATED"
+    line = _checks_md([{"lower": "iwae_10", "upper": "exact", "n": 1, "diff_mean": 0.7,
+                        "diff_se": math.nan, "ok": None}])
+    assert "0.700 ± – nats" in line and "no standard error" in line and "VIOLATED" not in line

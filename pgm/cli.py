@@ -605,10 +605,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's preemption or time limit), handled as Ctrl-C is:
+    the writes in progress unwind, the run's lock is released, and the exit code is 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
     import warnings
 
     warnings.showwarning = _show_warning
+    # (only the main thread may set a handler; main() called from another thread keeps SIGTERM's)
+    on_term = (signal.signal(signal.SIGTERM, _terminate)
+               if threading.current_thread() is threading.main_thread() else None)
+    try:
+        return _main(argv)
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     args.given = _given(argv) if args.command == "train" else set()
     handler = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report,
@@ -630,12 +652,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pgm {args.command}: error: {e.strerror or e}"
                   + (f": {where}" if where else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; " + {
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("\n" + ("terminated" if terminated else "interrupted") + "; " + {
             "train": "the last checkpoint is kept (continue with --resume)",
             "evaluate": "the previous evaluation, if any, is kept as it was"}.get(
                 args.command, "nothing was left half-written"), file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
     finally:
         distributed.close()
 

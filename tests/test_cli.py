@@ -188,3 +188,34 @@ def test_console_script_help():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--latent-dim", "--objective", "--resume", "--device", "--binarize"):
         assert option in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM ends a process on Windows")
+def test_sigterm_ends_training_as_ctrl_c_does(tmp_path):
+    """`kill` (a scheduler's preemption) mid-run: one line, exit 143, the lock released, and
+    --resume goes on from the last checkpoint."""
+    import signal
+    import time
+
+    from pgm import io
+    from pgm.runlock import LOCK
+
+    out = tmp_path / "v"
+    argv = [sys.executable, "-m", "pgm.cli", "train", "vae", "--data", "digits", "--hidden",
+            "8", "--no-ae-baseline", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen([*argv, "--epochs", "100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / io.HISTORY).is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == \
+        "terminated; the last checkpoint is kept (continue with --resume)"
+    assert not (out / LOCK).exists()
+    done = len(io.read_history(out / io.HISTORY))
+    assert done >= 1
+    assert subprocess.run([*argv, "--resume", "--epochs", str(done + 1)],
+                          capture_output=True).returncode == 0
+    assert len(io.read_history(out / io.HISTORY)) == done + 1

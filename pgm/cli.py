@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -186,7 +187,8 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
                    help="run directories (each one's eval/), or evaluation folders holding a "
                         "results.json (a RUN/eval kept under another name)")
     r.add_argument("--out", default="reports/comparison",
-                   help="path stem for the .md and .html (default reports/comparison)")
+                   help="path stem for the .md, .html and .png, or a folder to write "
+                        "comparison.* in (default reports/comparison)")
 
     q = sub.add_parser("quickstart", help="train a VAE, an autoencoder, a GMM, a CVAE and a "
                                           "GAN, evaluate them all, write one comparison report")
@@ -547,6 +549,8 @@ def _report(args) -> int:
             raise PgmError(f"{run} has no eval/results.json; run `pgm evaluate {run}` first")
         results.append(read_results(path))
     out = Path(args.out)
+    if out.is_dir() or args.out.endswith(("/", os.sep)):  # a folder: the files go inside it
+        out = out / "comparison"
     names = [r.get("label") or s for r, s in zip(results, short_names(args.runs))]
     paired = paired_differences(results, args.runs)
     figure = plots.save_figure(comparison_figure(results, paired, names), out.with_suffix(".png"))

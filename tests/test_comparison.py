@@ -1,6 +1,8 @@
 """`pgm report`'s comparison: each row says what its numbers are densities of, and rows whose
 likelihoods cannot share a column are flagged, never silently tabulated together."""
 
+from pathlib import Path
+
 import pytest
 
 import pgm
@@ -163,6 +165,12 @@ def test_cli_explicit_view_and_report_flag(tmp_path, capsys, binary):
     page = (tmp_path / "cmp.html").read_text()
     assert page.count("data:image/png;base64,") == 1
     assert f'<td title="{grey}">grey</td>' in page  # short name, full path on hover
+    # a folder (existing, or named with a trailing slash) gets comparison.* inside it
+    (tmp_path / "reports").mkdir()
+    for folder in (str(tmp_path / "reports"), str(tmp_path / "new") + "/"):
+        assert main(["report", grey, "--out", folder]) == 0
+        assert {p.name for p in Path(folder).iterdir()} == {
+            "comparison.md", "comparison.html", "comparison.png"}
 
 
 def test_a_conditional_row_is_flagged_beside_unconditional_ones(grey):

@@ -514,9 +514,11 @@ def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
         y, color = -i, grey if i in flagged else _C0
         if b is not None:
             name, mean, se = b
-            ax1.errorbar(mean, y, xerr=se, fmt="o", color=color, capsize=3,
+            se_ok = se is not None and math.isfinite(se)  # one image: no SE
+            ax1.errorbar(mean, y, xerr=se if se_ok else None, fmt="o", color=color, capsize=3,
                          mfc="white" if i in flagged else color)
-            ax1.annotate(f"{name} {mean:.1f} ± {se:.1f}", (mean, y), xytext=(0, 6),
+            ax1.annotate(f"{name} {mean:.1f} ± {f'{se:.1f}' if se_ok else '–'}", (mean, y),
+                         xytext=(0, 6),
                          textcoords="offset points", ha="center", fontsize=8, color=color)
         if i == 0:
             ax2.plot(0, y, "D", color="0.3")
@@ -528,8 +530,10 @@ def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
                      fontsize=8, color=grey, style="italic")
         else:
             mean, se = paired[i]
-            ax2.errorbar(mean, y, xerr=se, fmt="o", color=_C1, capsize=3)
-            ax2.annotate(f"{mean:+.1f} ± {se:.1f}", (mean, y), xytext=(0, 6),
+            se_ok = se is not None and math.isfinite(se)
+            ax2.errorbar(mean, y, xerr=se if se_ok else None, fmt="o", color=_C1, capsize=3)
+            ax2.annotate(f"{mean:+.1f} ± {f'{se:.1f}' if se_ok else '–'}", (mean, y),
+                         xytext=(0, 6),
                          textcoords="offset points", ha="center", fontsize=8, color=_C1)
     ax2.axvline(0, color="0.3", lw=1)
     ax1.set_yticks([-i for i in range(n)], names)
@@ -539,6 +543,8 @@ def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="x")
         ax.margins(x=0.15)
+    if not any(p is not None and i not in flagged for i, p in enumerate(paired) if i):
+        ax2.set_xlim(-1, 1)  # the reference alone: an axis of nats, not of 1e-17
     _suptitle(fig, title or "log p(x) on the same test images")
     return fig
 

@@ -163,3 +163,19 @@ def test_interpolations(shape):
 def test_interpolations_points():
     path = plots.linear_path(torch.zeros(2), torch.ones(2), 6)
     assert isinstance(plots.interpolations({"VAE": path, "AE": path * 2}, None), Figure)
+
+
+def test_the_comparison_figure_of_one_image_and_one_run_reads_in_nats():
+    """One test image has no SE: '± –' in the labels, no NaN; the reference alone spans a
+    nats axis (-1, 1), not one of 1e-17. With a second run the axis follows its difference."""
+    import math
+
+    one = plots.log_px_comparison(["a"], [("quadrature", -175.1, math.nan)], [None])
+    left, right = one.axes
+    texts = [t.get_text() for t in left.texts]
+    assert texts == ["quadrature -175.1 ± –"]
+    assert right.get_xlim() == (-1.0, 1.0)
+    two = plots.log_px_comparison(["a", "b"], [("ais", -90.0, 1.0), ("ais", -95.0, 1.2)],
+                                  [None, (-5.0, math.nan)])
+    assert [t.get_text() for t in two.axes[1].texts][-1] == "-5.0 ± –"
+    assert two.axes[1].get_xlim()[0] < -5

@@ -551,6 +551,9 @@ def _report(args) -> int:
     out = Path(args.out)
     if out.is_dir() or args.out.endswith(("/", os.sep)):  # a folder: the files go inside it
         out = out / "comparison"
+    for path in (out.with_suffix(s) for s in (".png", ".md", ".html")):
+        if path.is_dir():  # before any of the three is written
+            raise PgmError(f"{path} is a folder; pass another --out")
     names = [r.get("label") or s for r, s in zip(results, short_names(args.runs))]
     paired = paired_differences(results, args.runs)
     figure = plots.save_figure(comparison_figure(results, paired, names), out.with_suffix(".png"))

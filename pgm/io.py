@@ -23,6 +23,7 @@ Loading never unpickles arbitrary objects: safetensors for weights,
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -62,6 +63,8 @@ on_write: Callable[[Path], None] | None = None
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
+    if path.is_dir():  # named here, not after the temporary file that would fail to replace it
+        raise IsADirectoryError(errno.EISDIR, "a folder is where the file should go", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

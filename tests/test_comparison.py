@@ -171,6 +171,13 @@ def test_cli_explicit_view_and_report_flag(tmp_path, capsys, binary):
         assert main(["report", grey, "--out", folder]) == 0
         assert {p.name for p in Path(folder).iterdir()} == {
             "comparison.md", "comparison.html", "comparison.png"}
+    # a folder where one of the files should go: one line naming it, nothing written
+    (tmp_path / "x.md").mkdir()
+    capsys.readouterr()
+    assert main(["report", grey, "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"pgm report: error: {tmp_path / 'x.md'} is a folder; pass another --out"
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.html").exists()
 
 
 def test_a_conditional_row_is_flagged_beside_unconditional_ones(grey):

@@ -179,3 +179,13 @@ def test_the_comparison_figure_of_one_image_and_one_run_reads_in_nats():
                                   [None, (-5.0, math.nan)])
     assert [t.get_text() for t in two.axes[1].texts][-1] == "-5.0 ± –"
     assert two.axes[1].get_xlim()[0] < -5
+
+
+def test_an_atomic_write_onto_a_folder_names_the_folder(tmp_path):
+    from pgm import io
+
+    (tmp_path / "a.json").mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        io.atomic_write_json(tmp_path / "a.json", {})
+    assert err.value.filename == str(tmp_path / "a.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left

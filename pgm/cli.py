@@ -628,13 +628,13 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = _show_warning
     # (only the main thread may set a handler; main() called from another thread keeps SIGTERM's)
-    on_term = (signal.signal(signal.SIGTERM, _terminate)
-               if threading.current_thread() is threading.main_thread() else None)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return _main(argv)
     finally:
-        if on_term is not None:
-            signal.signal(signal.SIGTERM, on_term)
+        if main_thread:  # (None: a handler set outside Python, which SIG_DFL stands in for)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -81,7 +81,7 @@ def _parser(suppress: tuple[str, ...] = ()) -> argparse.ArgumentParser:
                    help="samples per datapoint (K of the iwae bound; default 1)")
     t.add_argument("--epochs", type=int, default=None,
                    help="number of epochs (default 30; gmm: 100; ppca: 200 EM steps; gan: "
-                        "600 on images with values in [0, 1] (200 with --arch conv), 40 on 1-D "
+                        "1200 on images with values in [0, 1] (200 with --arch conv), 40 on 1-D "
                         "data, 30 on other data)")
     t.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
     t.add_argument("--lr", type=float, default=None,

@@ -41,13 +41,13 @@ SIZES = ("default", "small")
 #: "default" takes about seven minutes on 2 CPU cores from a fresh clone (7.0 measured on a
 #: slow hour: 1.1 to install, 5.9 the quickstart, 1.0 of them the five evaluations, 4.1 the
 #: GAN's training; 6.4 before); "small" is for tests and smoke runs. The GAN trains
-#: 200 of `pgm train gan`'s 600 epochs (seed 0; a G five hidden layers deep and narrow, with
-#: batch norm and a half-resolution output, lr 3e-4, a coarse D beside D: classes 0.63,
-#: Fréchet 0.88, 66% of the samples labelled with p >= 0.9, about six digits in ten readable;
-#: 300 epochs: 0.65, 1.14, 68%, for 7.4 minutes instead of 5.6; with D alone 0.64, 1.01, 63%;
-#: the four-layer G before it: 0.53, 1.44, 61%; the two-layer G: 0.71, 1.09, 52%; all 600,
-#: about 12 minutes on one core: 0.62-0.70 over seeds 0-2, 72.2-72.9%, about seven digits in
-#: ten readable).
+#: 200 of `pgm train gan`'s 1200 epochs at its constant rates (seed 0; a G five hidden layers
+#: deep and narrow, with batch norm and a half-resolution output, lr 3e-4, a coarse D beside D:
+#: classes 0.59, Fréchet 2.60, 72% of the samples labelled with p >= 0.9; the rates
+#: decaying to 0 over the 200 epochs, the default before: 0.63, 0.88, 66%; 300 epochs decaying:
+#: 0.65, 1.14, 68%; with D alone 0.64, 1.01, 63%; the four-layer G before it: 0.53, 1.44, 61%;
+#: the two-layer G: 0.71, 1.09, 52%; all 1200 epochs, about 25 minutes on one core: 76.0%
+#: for seed 0, about seven digits in eight readable; 600 epochs decaying: 72.2-72.9%).
 #: AIS: (steps, leapfrog). Every model's AIS starts near its posterior (pgm evaluate's
 #: --ais-initial auto): from q(z|x) for the VAE and the CVAE, from the Laplace proposal at the
 #: posterior's modes for the autoencoder and the GAN (pgm.inference.laplace). Chosen on the

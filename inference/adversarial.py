@@ -281,10 +281,10 @@ def _fit_gan(gan, data, cfg: GANFitConfig, *, out, resume, progress, on_epoch,
     start_epoch = 0
 
     if out is not None and resume:  # before any file is touched
-        io.check_same_run(out, io.run_config(gan, data, cfg, device, trainer="adversarial"))
+        config = io.run_config(gan, data, cfg, device, trainer="adversarial")
+        io.check_same_run(out, config)
     if out is not None and resume and io.check_resumable(out):
-        io.record_resumed_settings(out, io.run_config(gan, data, cfg, device,
-                                                      trainer="adversarial"))
+        io.record_resumed_settings(out, config)
         ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(gan, ckpt["model"], out / io.CHECKPOINT)
         opt_g.load_state_dict(ckpt["opt_g"])

@@ -206,10 +206,10 @@ def _fit(model, data, cfg: FitConfig, *, out, resume, progress, log) -> list[dic
     best_state = copy.deepcopy(model.state_dict())
 
     if out is not None and resume:  # before any file is touched
-        io.check_same_run(out, io.run_config(model, data, cfg, device))
+        io.check_same_run(out, config := io.run_config(model, data, cfg, device))
     if out is not None and resume and io.check_resumable(out):
         if writes:
-            io.record_resumed_settings(out, io.run_config(model, data, cfg, device))
+            io.record_resumed_settings(out, config)
         ckpt = io.resume_checkpoint(out, device)
         io._load_state_dict(model, ckpt["model"], out / io.CHECKPOINT)
         opt.load_state_dict(ckpt["optimizer"])

@@ -497,6 +497,15 @@ def gap_histogram(gaps: Mapping[str, object], *, title=None) -> Figure:
     return fig
 
 
+def _point_with_se(ax, mean, y, se, text, color, **kw) -> None:
+    """A point with its ± SE bar, labelled ``text ± se`` above it ("± –" where there is no SE,
+    as for one image)."""
+    known = se is not None and math.isfinite(se)
+    ax.errorbar(mean, y, xerr=se if known else None, fmt="o", color=color, capsize=3, **kw)
+    ax.annotate(f"{text} ± {f'{se:.1f}' if known else '–'}", (mean, y), xytext=(0, 6),
+                textcoords="offset points", ha="center", fontsize=8, color=color)
+
+
 def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
     """Models side by side: each one's best log p(x) estimate, mean ± SE over the test images
     (left), and its paired difference to the first row, mean ± SE of the per-image
@@ -514,12 +523,8 @@ def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
         y, color = -i, grey if i in flagged else _C0
         if b is not None:
             name, mean, se = b
-            se_ok = se is not None and math.isfinite(se)  # one image: no SE
-            ax1.errorbar(mean, y, xerr=se if se_ok else None, fmt="o", color=color, capsize=3,
-                         mfc="white" if i in flagged else color)
-            ax1.annotate(f"{name} {mean:.1f} ± {f'{se:.1f}' if se_ok else '–'}", (mean, y),
-                         xytext=(0, 6),
-                         textcoords="offset points", ha="center", fontsize=8, color=color)
+            _point_with_se(ax1, mean, y, se, f"{name} {mean:.1f}", color,
+                           mfc="white" if i in flagged else color)
         if i == 0:
             ax2.plot(0, y, "D", color="0.3")
             ax2.annotate("reference", (0, y), xytext=(0, 6), textcoords="offset points",
@@ -530,11 +535,7 @@ def log_px_comparison(names, best, paired, *, flagged=(), title=None) -> Figure:
                      fontsize=8, color=grey, style="italic")
         else:
             mean, se = paired[i]
-            se_ok = se is not None and math.isfinite(se)
-            ax2.errorbar(mean, y, xerr=se if se_ok else None, fmt="o", color=_C1, capsize=3)
-            ax2.annotate(f"{mean:+.1f} ± {f'{se:.1f}' if se_ok else '–'}", (mean, y),
-                         xytext=(0, 6),
-                         textcoords="offset points", ha="center", fontsize=8, color=_C1)
+            _point_with_se(ax2, mean, y, se, f"{mean:+.1f}", _C1)
     ax2.axvline(0, color="0.3", lw=1)
     ax1.set_yticks([-i for i in range(n)], names)
     ax1.set_ylim(-n + 0.5, 0.6)

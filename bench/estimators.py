@@ -12,11 +12,11 @@ per particle, AIS: a forward and an input-gradient pass per chain, pilot chains 
 every leapfrog step). IWAE runs in a fresh process, whose peak resident
 memory (``getrusage``, the whole process: interpreter, torch, data, model) is printed beside
 it. On a shared 2-core CPU, one thread (``OMP_NUM_THREADS=1``; two threads' OpenMP spin-waits
-collapse under load): IWAE K=5000 on 1,000 images 1.47x and 1.64x in two quiet runs
+collapse under load): IWAE K=5000 on 1,000 images 1.47x, 1.64x and 1.61x in three quiet runs
 (1.5-2.1x while the Bernoulli log density took a softplus pass; 2.0-2.4x with
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
 0.47 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
-T=200 on 100 images 1.29x and 1.31x (1.38x with the softplus pass, 1.42-1.44x before the
+T=200 on 100 images 1.29x, 1.31x and 1.29x (1.38x with the softplus pass, 1.42-1.44x before the
 prior's gradient was taken in closed form), and 1.55x and 1.62x for the same run with autograd
 of log p(x, z) and log p(z) at every leapfrog step (the row "autograd every step": the inner
 steps' gradient from the likelihood's closed-form score skips the log density's pass).
@@ -28,7 +28,8 @@ torch.compile of AIS's value-and-gradient took 136 s to compile and ran 1.3x slo
 "compiled kernels" runs IWAE again in a fresh process with ``PGM_COMPILE=1`` (:mod:`pgm.compiled`:
 the log density's passes fused into one loop), its compiling done in a warm-up call of the same
 chunk shapes and printed apart: 23.9 against 33.2 s eager (0.72x; 1.34x against 1.87x the
-products' time at a measured 181 GFLOP/s; AIS 1.34x that run).
+products' time at a measured 181 GFLOP/s; AIS 1.34x that run); on a quiet machine 24.9 against
+26.3 s (0.95x; 1.42x against 1.61x at 190 GFLOP/s; AIS 1.29x).
 
 The same network measured through :class:`pgm.inference.program.Program` (the callables read
 off the model/guide traces, as for a user's own Pyro program) and through the plain

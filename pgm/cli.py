@@ -222,7 +222,7 @@ def _train(args) -> int:
     if args.model not in TRAINABLE:
         raise PgmError(f"unknown model {args.model!r}; trainable: {', '.join(TRAINABLE)}")
     data_name = Path(args.data).stem if Path(args.data).exists() else args.data
-    out = Path(args.out or f"runs/{args.model}-{data_name}")
+    out = args.run_dir = Path(args.out or f"runs/{args.model}-{data_name}")
     progress = False if args.no_progress else None
     cls = get_model_class(args.model)
     if cls.trainer == "adversarial" and distributed.launched():
@@ -637,6 +637,17 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
+def _interrupted_run(run_dir: Path | None) -> str:
+    """What an interrupted ``pgm train`` left in ``run_dir``, and how to go on."""
+    from pgm import io
+
+    if run_dir is not None and (run_dir / io.CHECKPOINT).is_file():
+        return "the last checkpoint is kept (continue with --resume)"
+    if run_dir is not None and (run_dir / io.CONFIG).is_file():
+        return "no epoch had finished, so there is no checkpoint (--resume starts the run again)"
+    return "nothing was saved"
+
+
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     args.given = _given(argv) if args.command == "train" else set()
@@ -662,7 +673,7 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
         print("\n" + ("terminated" if terminated else "interrupted") + "; " + {
-            "train": "the last checkpoint is kept (continue with --resume)",
+            "train": _interrupted_run(getattr(args, "run_dir", None)),
             "evaluate": "the previous evaluation, if any, is kept as it was"}.get(
                 args.command, "nothing was left half-written"), file=sys.stderr)
         return 143 if terminated else 130

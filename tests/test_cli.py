@@ -121,6 +121,39 @@ def test_a_resume_with_more_epochs_is_recorded_and_a_plain_resume_goes_on_to_the
     capsys.readouterr()
 
 
+def test_an_interrupted_train_says_what_it_left(tmp_path, capsys):
+    """Ctrl-C before config.json: nothing was saved; before the first checkpoint: --resume
+    starts the run again (and does); after one: the checkpoint is kept."""
+    from pgm import io as run_io
+
+    out = tmp_path / "v"
+    argv = ["train", "vae", "--data", "digits", "--hidden", "8", "--no-ae-baseline",
+            "--no-progress", "--epochs", "2", "--out", str(out)]
+    for name, n, said in ((run_io.CONFIG, 1, "nothing was saved"),
+                          (run_io.CHECKPOINT, 1, "no epoch had finished, so there is no "
+                           "checkpoint (--resume starts the run again)"),
+                          (run_io.CHECKPOINT, 2, "the last checkpoint is kept (continue with "
+                           "--resume)")):
+        seen = []
+
+        def interrupt(path, name=name, n=n, seen=seen):
+            if path.name == name:
+                seen.append(path)
+                if len(seen) == n:
+                    raise KeyboardInterrupt
+
+        run_io.on_write = interrupt
+        try:
+            assert main([*argv, *(["--resume"] if (out / run_io.CONFIG).is_file() else [])]) \
+                == 130
+        finally:
+            run_io.on_write = None
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted; {said}"
+    assert main([*argv, "--resume"]) == 0
+    assert [r["epoch"] for r in run_io.read_history(out / run_io.HISTORY)] == [1, 2]
+    capsys.readouterr()
+
+
 def test_evaluate_says_which_asked_estimators_do_not_apply(tmp_path, capsys):
     out = str(tmp_path / "g")
     assert main(["train", "gmm", "--data", "digits", "--components", "3", "--epochs", "1",

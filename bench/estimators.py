@@ -17,9 +17,10 @@ collapse under load): IWAE K=5000 on 1,000 images 1.47x, 1.64x and 1.61x in thre
 ``Bernoulli(logits=h)``'s log density and the encoder run per chunk), the process peaking at
 0.47 GB, all of it before the call (3.1 GB with the weights kept as per-chunk pieces); AIS
 T=200 on 100 images 1.29x, 1.31x and 1.29x (1.38x with the softplus pass, 1.42-1.44x before the
-prior's gradient was taken in closed form), and 1.55x and 1.62x for the same run with autograd
-of log p(x, z) and log p(z) at every leapfrog step (the row "autograd every step": the inner
-steps' gradient from the likelihood's closed-form score skips the log density's pass).
+prior's gradient was taken in closed form), and 1.55x, 1.62x and 1.57x for the same run with
+autograd of log p(x, z) and log p(z) at every leapfrog step (the row "autograd every step":
+the inner steps' gradient from the likelihood's closed-form score skips the log density's
+pass).
 What is left beside the products (IWAE, in units of the products' time): the decoder's bias
 broadcasts, ReLU and thin first product 0.12, the Bernoulli log density's dot product, |h|,
 sigmoid and block products 0.38 (:func:`pgm.likelihoods.bernoulli_log_prob`; 0.5 with

@@ -93,7 +93,7 @@ def main() -> None:
             rows.append((model, family, setting, err.abs().mean().item(), err.mean().item(),
                          seconds))
             print(f"{model:<16} {family:<15} {setting:<12} {rows[-1][3]:8.4f} {rows[-1][4]:+8.4f} "
-                  f"{seconds:12.4f}", flush=True)
+                  f"{seconds:12.3g}", flush=True)
     figure(rows, args.figure)
     print(f"figure: {args.figure}")
 
@@ -109,16 +109,27 @@ def figure(rows, path: str) -> None:
     for ax, model in zip(axes[0], models):
         for family, marker in (("IWAE", "o"), ("AIS from prior", "s"), ("AIS from q", "^")):
             pts = [r for r in rows if r[0] == model and r[1] == family]
-            ax.plot([r[5] for r in pts], [max(r[3], 1e-5) for r in pts], marker=marker,
-                    label=family)
-            for r in pts:
-                ax.annotate(r[2], (r[5], max(r[3], 1e-5)), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+            # one line over K or over T at 16 chains; fewer chains as open markers beside it
+            line = [r for r in pts if not r[2].startswith("T=") or r[2].endswith(" C=16")]
+            rest = [r for r in pts if r not in line]
+            drawn = ax.plot([r[5] for r in line], [max(r[3], 1e-5) for r in line],
+                            marker=marker, label=family + (", 16 chains" if rest else ""))
+            if rest:
+                ax.plot([r[5] for r in rest], [max(r[3], 1e-5) for r in rest], marker=marker,
+                        linestyle="none", markerfacecolor="none",
+                        color=drawn[0].get_color(),
+                        label=f"{family}, {rest[0][2].split('C=')[1]} chains")
+            for r in pts:  # fewer chains labelled below left, the line's points above right
+                ax.annotate(r[2].removesuffix(" C=16").replace(" C=", ", C="),
+                            (r[5], max(r[3], 1e-5)), fontsize=7, textcoords="offset points",
+                            xytext=(-4, -10) if r in rest else (4, 3),
+                            ha="right" if r in rest else "left")
         ax.set(xscale="log", yscale="log", xlabel="seconds per datapoint (1 CPU thread)",
                ylabel="mean |estimate - exact log p(x)| (nats)", title=model)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()  # the same families in each
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
 
 

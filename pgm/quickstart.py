@@ -38,9 +38,10 @@ from pgm import io
 SIZES = ("default", "small")
 
 #: Per size: epochs for the explicit models and the GAN, and the evaluation's settings.
-#: "default" takes about six minutes on 2 CPU cores from a fresh clone (5.5 measured on a
-#: quiet machine: 1.0 to install, 4.5 the quickstart, 0.7 of them the five evaluations, 3.3 the
-#: GAN's training; 7.0 in a slow hour); "small" is for tests and smoke runs. The GAN trains
+#: "default" takes about six minutes on 2 CPU cores from a fresh clone (5.5 measured twice on a
+#: quiet machine: 1.0 and 0.7 to install, 4.5 and 4.9 the quickstart, 0.7 and 1.0 of them the
+#: five evaluations, 3.3 and 3.4 the GAN's training; 7.0 in a slow hour); "small" is for tests
+#: and smoke runs. The GAN trains
 #: 200 of `pgm train gan`'s 1200 epochs at its constant rates (seed 0; a G five hidden layers
 #: deep and narrow, with batch norm and a half-resolution output, lr 3e-4, a coarse D beside D:
 #: classes 0.59, Fréchet 2.60, 72% of the samples labelled with p >= 0.9; the rates

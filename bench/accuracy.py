@@ -109,18 +109,22 @@ def figure(rows, path: str) -> None:
     for ax, model in zip(axes[0], models):
         for family, marker in (("IWAE", "o"), ("AIS from prior", "s"), ("AIS from q", "^")):
             pts = [r for r in rows if r[0] == model and r[1] == family]
-            # one line over K or over T at 16 chains; fewer chains as open markers beside it
-            line = [r for r in pts if not r[2].startswith("T=") or r[2].endswith(" C=16")]
+            # one line over K, or over T at the family's most common chain count; runs with
+            # other counts as open markers beside it
+            chains = [r[2].split(" C=")[1] for r in pts if " C=" in r[2]]
+            main = f" C={max(chains, key=chains.count)}" if chains else None  # ties: the first
+            line = [r for r in pts if main is None or r[2].endswith(main)]
             rest = [r for r in pts if r not in line]
             drawn = ax.plot([r[5] for r in line], [max(r[3], 1e-5) for r in line],
-                            marker=marker, label=family + (", 16 chains" if rest else ""))
+                            marker=marker,
+                            label=family + (f", {main[3:]} chains" if rest else ""))
             if rest:
                 ax.plot([r[5] for r in rest], [max(r[3], 1e-5) for r in rest], marker=marker,
                         linestyle="none", markerfacecolor="none",
                         color=drawn[0].get_color(),
                         label=f"{family}, {rest[0][2].split('C=')[1]} chains")
-            for r in pts:  # fewer chains labelled below left, the line's points above right
-                ax.annotate(r[2].removesuffix(" C=16").replace(" C=", ", C="),
+            for r in pts:  # other counts labelled below left, the line's points above right
+                ax.annotate((r[2].removesuffix(main) if main else r[2]).replace(" C=", ", C="),
                             (r[5], max(r[3], 1e-5)), fontsize=7, textcoords="offset points",
                             xytext=(-4, -10) if r in rest else (4, 3),
                             ha="right" if r in rest else "left")
